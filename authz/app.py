@@ -1,0 +1,134 @@
+"""The aiohttp application: typed ``AppKey`` per resource, ``cleanup_ctx`` for the PostgreSQL pool
+and the Redis client, one error middleware, and the routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import asyncpg
+import redis.asyncio as aioredis
+from aiohttp import web
+
+from policies.cache import PolicyCache
+
+from authz.errors import ApiError, PayloadTooLarge
+from authz.hotpath import Authorizer
+from authz.http import json_response
+from authz.metrics import Metrics
+from authz.settings import Settings
+
+__all__ = [
+    "AUTHORIZER",
+    "CACHE",
+    "CLOCK",
+    "METRICS",
+    "POOL",
+    "REDIS",
+    "SETTINGS",
+    "create_pool",
+    "make_app",
+]
+
+log = logging.getLogger("holdfast.http")
+
+SETTINGS: Final = web.AppKey("settings", Settings)
+METRICS: Final = web.AppKey("metrics", Metrics)
+CLOCK: Final = web.AppKey("clock", Callable[[], float])
+POOL: Final = web.AppKey("pool", asyncpg.Pool)
+REDIS: Final = web.AppKey("redis", aioredis.Redis)
+CACHE: Final = web.AppKey("cache", PolicyCache)
+AUTHORIZER: Final = web.AppKey("authorizer", Authorizer)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    # The default pool reset sends a second round trip (advisory unlock, CLOSE ALL, UNLISTEN,
+    # RESET ALL) on every release. Pool connections here never hold advisory locks, cursors,
+    # listeners or session settings, so only an abandoned transaction needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_pool(settings: Settings, size: int | None = None) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=size or settings.pg_pool_size,
+        command_timeout=settings.pg_command_timeout_s,
+        reset=_reset,
+        server_settings={"application_name": "holdfast"},
+    )
+    if pool is None:
+        raise RuntimeError("asyncpg.create_pool returned None")
+    return pool
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(settings)
+    client = aioredis.Redis.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_timeout=settings.redis_timeout_ms / 1000,
+        socket_connect_timeout=settings.redis_timeout_ms / 1000,
+        max_connections=256,
+    )
+    cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s)
+    try:
+        await cache.load_scripts()
+    except Exception as exc:  # Redis down at start-up: serve in stand-in until it returns
+        log.warning("could not load Lua scripts at start-up: %s", type(exc).__name__)
+    app[POOL] = pool
+    app[REDIS] = client
+    app[CACHE] = cache
+    app[AUTHORIZER] = Authorizer(pool, cache, settings, app[METRICS], app[CLOCK])
+    yield
+    await app[AUTHORIZER].drain()
+    await client.aclose()
+    await pool.close()
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(request, exc.status, exc.code, exc.message)
+    except web.HTTPRequestEntityTooLarge:
+        exc2 = PayloadTooLarge("body_too_large", "request body exceeds the size limit")
+        return _error(request, exc2.status, exc2.code, exc2.message)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error(request, exc.status, code, exc.reason)
+    except Exception:
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
+                      request_id)
+        return _error(request, 500, "system_error", f"internal error; request id {request_id}")
+
+
+def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
+    request.app[METRICS].http_errors.labels(str(status), code).inc()
+    return json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+def make_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
+    # imported here: the route modules import this one for the AppKeys
+    from authz.routes import admin, native, ops
+
+    app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app[CLOCK] = clock
+    app.cleanup_ctx.append(_resources)
+    app.add_routes(native.routes)
+    app.add_routes(admin.routes)
+    app.add_routes(ops.routes)
+    return app

@@ -1,0 +1,136 @@
+"""``holdfast`` command line: migrate, serve, verify, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from urllib.parse import urlparse
+
+import asyncpg
+from aiohttp import web
+
+from holds.migrate import migrate
+from holds.verify import verify
+
+from authz.logs import setup_logging
+from authz.settings import Settings, SettingsError
+
+__all__ = ["main"]
+
+
+def _db_name(url: str) -> str:
+    name = urlparse(url).path.lstrip("/")
+    if not name:
+        raise SettingsError("HOLDFAST_DATABASE_URL must name a database")
+    return name
+
+
+async def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it does not exist. True if created."""
+    name = _db_name(url)
+    conn = await asyncpg.connect(url, database="postgres")
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if exists:
+            return False
+        quoted = '"' + name.replace('"', '""') + '"'
+        await conn.execute(f"CREATE DATABASE {quoted}")
+        return True
+    finally:
+        await conn.close()
+
+
+async def _migrate(settings: Settings, create_db: bool) -> int:
+    if create_db and await ensure_database(settings.database_url):
+        print(f"created database {_db_name(settings.database_url)}")
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        applied = await migrate(conn)
+    finally:
+        await conn.close()
+    for m in applied:
+        print(f"applied {m.version}_{m.name}")
+    print("schema is current" if not applied else f"{len(applied)} migration(s) applied")
+    return 0
+
+
+async def _verify(settings: Settings) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        report = await verify(conn)
+    finally:
+        await conn.close()
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+async def _serve(settings: Settings) -> int:
+    from authz.app import make_app
+
+    app = make_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048)
+    await site.start()
+    print(f"holdfast serving on http://{settings.host}:{settings.port} (pid {os.getpid()})",
+          flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0
+
+
+async def _demo(settings: Settings) -> int:
+    from authz.demo import seed
+
+    await seed(settings)
+    return 0
+
+
+def _run(coro_factory: object) -> int:
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return int(runner.run(coro_factory))  # type: ignore[arg-type]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="holdfast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("migrate", help="apply pending schema migrations")
+    m.add_argument("--create-db", action="store_true", help="create the database if missing")
+    sub.add_parser("serve", help="run the HTTP server")
+    sub.add_parser("verify", help="prove the ledger invariants; exit 1 on any violation")
+    sub.add_parser("demo", help="seed demo accounts and cards (idempotent)")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    try:
+        if args.command == "migrate":
+            return _run(_migrate(settings, args.create_db))
+        if args.command == "verify":
+            return _run(_verify(settings))
+        if args.command == "serve":
+            return _run(_serve(settings))
+        if args.command == "demo":
+            return _run(_demo(settings))
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"holdfast {args.command}: cannot reach a dependency: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The decision core every entry point calls (native API and provider adapters alike).
+
+DESIGN §2 steps 3-5: one ``EVALSHA`` (duplicate check, card state, rules, velocity, counting), then
+one PostgreSQL call (funds, decision record, hold), then -- off the response path -- giving back
+velocity that was counted for money that was not held. An approval is returned only after
+``hf_authorize`` has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+import asyncpg
+from redis.exceptions import RedisError
+
+from holds import ledger
+from holds.model import hold_window_s
+from policies.cache import PolicyCache, Verdict
+from policies.model import AuthorizationRequest, Decision, Reason
+from policies.store import load_card
+
+from authz.metrics import Metrics
+from authz.settings import Settings
+
+__all__ = ["Authorizer", "request_hash"]
+
+log = logging.getLogger("holdfast.authorize")
+
+_UTC: Final = dt.UTC
+# failures that mean "this dependency is not answering", as opposed to a bug
+_REDIS_DOWN: Final = (RedisError, OSError, TimeoutError)
+_PG_DOWN: Final = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+)
+
+
+def request_hash(*fields: object) -> str:
+    """Digest of a request's meaningful fields: a retry has the same one, a different request
+    reusing the same id does not."""
+    raw = "\x1f".join("" if f is None else str(f) for f in fields)
+    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+
+class Authorizer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        cache: PolicyCache,
+        settings: Settings,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._pool = pool
+        self._cache = cache
+        self._settings = settings
+        self._metrics = metrics
+        self._clock = clock
+        self._redis_budget_s = settings.redis_timeout_ms / 1000
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def authorize(self, req: AuthorizationRequest) -> Decision:
+        now = self._clock()
+        now_s = int(now)
+        verdict = await self._check_redis(req, now_s)
+        if verdict is not None and verdict.kind == "dup" and verdict.prior_hash != req.request_hash:
+            # the same request identity with another body, while the first may be in flight:
+            # answer without touching anything
+            return Decision(req.authorization_id, False, 0, Reason.DUPLICATE, False)
+
+        stand_in = verdict is None
+        rule_reason = None if verdict is None else verdict.reason
+        when = dt.datetime.fromtimestamp(now, tz=_UTC)
+        expires = when + dt.timedelta(
+            seconds=hold_window_s(
+                req.mcc, self._settings.hold_window_s, self._settings.hold_window_long_s
+            )
+        )
+        started = time.perf_counter()
+        try:
+            result = await asyncio.shield(self._record(req, verdict, rule_reason, when, expires))
+        except _PG_DOWN as exc:
+            self._metrics.postgres_errors.labels("authorize").inc()
+            log.error("ledger unreachable, declining %s: %s", req.provider_id, type(exc).__name__)
+            return Decision(req.authorization_id, False, 0, Reason.ISSUER_UNAVAILABLE, stand_in)
+        self._metrics.observe_postgres("authorize", time.perf_counter() - started)
+
+        if verdict is not None:
+            self._give_back(req, verdict, result)
+        reason = Reason.from_label(result.reason)
+        return Decision(
+            result.authorization_id, result.approved, result.approved_amount_minor, reason,
+            result.stand_in, replay=result.status == "replay",
+        )
+
+    async def _check_redis(self, req: AuthorizationRequest, now_s: int) -> Verdict | None:
+        """The Redis verdict, reading the card through from PostgreSQL on a miss; None when
+        Redis does not answer within its budget (stand-in)."""
+        month = _month(now_s)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self._redis_budget_s):
+                verdict = await self._cache.check(req, now_s, month)
+                if verdict.kind == "miss":
+                    self._metrics.cache_loads.inc()
+                    card = await load_card(self._pool, req.card_id)
+                    if card is None:
+                        # unknown card: PostgreSQL records the decline as invalid_card
+                        return Verdict("decline", Reason.INVALID_CARD)
+                    await self._cache.put(card)
+                    verdict = await self._cache.check(req, now_s, month)
+        except _REDIS_DOWN as exc:
+            self._metrics.redis_errors.labels("decide").inc()
+            self._metrics.stand_in.set(1)
+            log.warning("redis unavailable, standing in for %s: %s", req.provider_id,
+                        type(exc).__name__)
+            return None
+        self._metrics.stand_in.set(0)
+        self._metrics.observe_redis("decide", time.perf_counter() - started)
+        return verdict
+
+    async def _record(
+        self, req: AuthorizationRequest, verdict: Verdict | None, rule_reason: Reason | None,
+        when: dt.datetime, expires: dt.datetime,
+    ) -> ledger.AuthorizeResult:
+        for attempt in (1, 2):
+            try:
+                return await ledger.authorize(
+                    self._pool,
+                    provider=req.provider, provider_id=req.provider_id, sequence=req.sequence,
+                    authorization_id=req.authorization_id, parent_id=req.parent_id,
+                    card_id=req.card_id, amount_minor=req.amount_minor, currency=req.currency,
+                    partial_allowed=req.partial_allowed,
+                    rule_reason=None if rule_reason is None else rule_reason.label,
+                    policy_version=None if verdict is None else verdict.card_version,
+                    counters=None if verdict is None else verdict.counters,
+                    request_hash=req.request_hash, now=when, hold_expires=expires,
+                    merchant_id=req.merchant_id, merchant_name=req.merchant_name, mcc=req.mcc,
+                    country=req.country, channel=req.channel, stand_in=verdict is None,
+                    stand_in_cap_minor=self._settings.stand_in_max_amount_minor,
+                )
+            except asyncpg.UniqueViolationError:
+                # a concurrent request with the same identity but another card committed first;
+                # the second attempt finds its row and answers as a replay or conflict
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _give_back(
+        self, req: AuthorizationRequest, verdict: Verdict, result: ledger.AuthorizeResult
+    ) -> None:
+        """Counters must reflect money actually held. Schedule the difference to be given back
+        off the response path (a crash here only leaves counters too high: fails safe)."""
+        count = 0 if req.parent_id else 1
+        if verdict.kind == "ok" and result.status != "new":
+            amount, count = req.amount_minor, count  # counted now for a replay or conflict
+        elif result.status == "new" and verdict.kind in ("ok", "dup") and verdict.reason is None:
+            # counted (now or by the first attempt) but not all held
+            amount = req.amount_minor - result.approved_amount_minor
+            count = count if not result.approved else 0
+        else:
+            return
+        if amount <= 0 and count == 0:
+            return
+        task = asyncio.create_task(self._release(req.card_id, verdict.buckets, amount, count))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _release(self, card_id: str, buckets: str, amount: int, count: int) -> None:
+        try:
+            await self._cache.release(card_id, buckets, max(amount, 0), count)
+            self._metrics.compensations.labels("ok").inc()
+        except _REDIS_DOWN as exc:
+            self._metrics.compensations.labels("failed").inc()
+            log.warning("velocity give-back failed for card %s: %s", card_id, type(exc).__name__)
+
+    async def drain(self) -> None:
+        """Wait for pending give-backs (on shutdown and in tests)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+def _month(now_s: int) -> int:
+    t = time.gmtime(now_s)
+    return t.tm_year * 100 + t.tm_mon

@@ -1,0 +1,119 @@
+"""Request/response helpers shared by the routes: JSON in and out, field validation with stable
+error codes, bearer-token scopes."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Final
+
+import orjson
+from aiohttp import web
+
+from holds.model import MAX_AMOUNT_MINOR, is_currency
+
+from authz.errors import BadRequest, Forbidden, Unauthorized
+from authz.settings import Settings
+
+__all__ = [
+    "ID_RE",
+    "json_response",
+    "opt_bool",
+    "opt_str",
+    "parse_json_object",
+    "req_amount",
+    "req_currency",
+    "req_id",
+    "req_str",
+    "require_scope",
+]
+
+ID_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_JSON: Final = "application/json"
+
+
+def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | None = None
+                  ) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, content_type=_JSON,
+                        headers=headers)
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid_json", "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("invalid_body", "body must be a JSON object")
+    return body
+
+
+def req_str(body: Mapping[str, Any], field: str, max_len: int = 256, where: str = "") -> str:
+    value = body.get(field)
+    name = f"{where}{field}"
+    if value is None:
+        raise BadRequest("missing_field", f"{name} is required")
+    if not isinstance(value, str) or not 0 < len(value) <= max_len:
+        raise BadRequest("invalid_field", f"{name} must be a string of 1 to {max_len} characters")
+    return value
+
+
+def opt_str(body: Mapping[str, Any], field: str, max_len: int = 256, where: str = ""
+            ) -> str | None:
+    if body.get(field) is None:
+        return None
+    return req_str(body, field, max_len, where)
+
+
+def req_id(body: Mapping[str, Any], field: str, where: str = "") -> str:
+    value = req_str(body, field, 64, where)
+    if not ID_RE.match(value):
+        raise BadRequest(
+            "invalid_field", f"{where}{field} may contain only letters, digits and . _ : -"
+        )
+    return value
+
+
+def opt_bool(body: Mapping[str, Any], field: str) -> bool:
+    value = body.get(field, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise BadRequest("invalid_field", f"{field} must be true or false")
+    return value
+
+
+def req_amount(body: Mapping[str, Any], field: str = "amount", *, allow_zero: bool = False) -> int:
+    value = body.get(field)
+    if value is None:
+        raise BadRequest("missing_field", f"{field} is required")
+    # bool is an int subclass and floats are never money: both are refused
+    if type(value) is not int:
+        raise BadRequest("invalid_amount", f"{field} must be an integer in minor units")
+    low = 0 if allow_zero else 1
+    if not low <= value <= MAX_AMOUNT_MINOR:
+        raise BadRequest("invalid_amount", f"{field} must be from {low} to {MAX_AMOUNT_MINOR}")
+    return value
+
+
+def req_currency(body: Mapping[str, Any], field: str = "currency") -> str:
+    value = body.get(field)
+    if value is None:
+        raise BadRequest("missing_field", f"{field} is required")
+    if not is_currency(value):
+        raise BadRequest("unknown_currency", f"{field} must be an ISO 4217 alphabetic code")
+    return str(value)
+
+
+def require_scope(request: web.Request, settings: Settings, *allowed: str) -> frozenset[str]:
+    """Check the bearer token; ``admin`` may do everything, others only what ``allowed`` names."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing_token", "Authorization: Bearer <token> is required")
+    scopes = settings.scopes_for(token.strip())
+    if not scopes:
+        raise Unauthorized("bad_token", "unknown token")
+    if "admin" not in scopes and not scopes.intersection(allowed):
+        raise Forbidden("insufficient_scope", f"this call needs one of: admin, {', '.join(allowed)}")
+    return scopes

@@ -1,0 +1,96 @@
+"""Prometheus metrics. One registry per app (tests build many apps in one process); label
+children are bound once and cached, so the hot path pays one dict lookup per metric."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS: Final = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+_CALL_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decision_seconds = Histogram(
+            "holdfast_decision_seconds", "Authorisation decision latency, request in to answer out",
+            ["provider", "decision"], buckets=_LATENCY_BUCKETS, registry=r,
+        )
+        self.decisions = Counter(
+            "holdfast_decisions_total", "Authorisation decisions by reason",
+            ["provider", "reason"], registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "holdfast_redis_call_seconds", "Redis call latency", ["op"],
+            buckets=_CALL_BUCKETS, registry=r,
+        )
+        self.postgres_seconds = Histogram(
+            "holdfast_postgres_call_seconds", "PostgreSQL call latency", ["op"],
+            buckets=_CALL_BUCKETS, registry=r,
+        )
+        self.redis_errors = Counter(
+            "holdfast_redis_errors_total", "Redis calls that failed or timed out", ["op"],
+            registry=r,
+        )
+        self.postgres_errors = Counter(
+            "holdfast_postgres_errors_total", "PostgreSQL calls that failed", ["op"], registry=r,
+        )
+        self.stand_in = Gauge(
+            "holdfast_stand_in_active", "1 while decisions are made without Redis (stand-in)",
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "holdfast_webhook_auth_failures_total", "Rejected signatures or credentials",
+            ["route", "code"], registry=r,
+        )
+        self.http_errors = Counter(
+            "holdfast_http_errors_total", "Requests answered with an error", ["status", "code"],
+            registry=r,
+        )
+        self.compensations = Counter(
+            "holdfast_velocity_compensations_total",
+            "Velocity counters given back after a decline, partial approval or replay",
+            ["result"], registry=r,
+        )
+        self.cache_loads = Counter(
+            "holdfast_policy_cache_loads_total", "Policy cache misses loaded from PostgreSQL",
+            registry=r,
+        )
+        self._decision: dict[tuple[str, str], Histogram] = {}
+        self._reason: dict[tuple[str, str], Counter] = {}
+        self._redis: dict[str, Histogram] = {}
+        self._postgres: dict[str, Histogram] = {}
+
+    def observe_decision(self, provider: str, approved: bool, reason: str, seconds: float) -> None:
+        decision = "approve" if approved else "decline"
+        hist = self._decision.get((provider, decision))
+        if hist is None:
+            hist = self._decision[(provider, decision)] = self.decision_seconds.labels(
+                provider, decision
+            )
+        hist.observe(seconds)
+        counter = self._reason.get((provider, reason))
+        if counter is None:
+            counter = self._reason[(provider, reason)] = self.decisions.labels(provider, reason)
+        counter.inc()
+
+    def observe_redis(self, op: str, seconds: float) -> None:
+        hist = self._redis.get(op)
+        if hist is None:
+            hist = self._redis[op] = self.redis_seconds.labels(op)
+        hist.observe(seconds)
+
+    def observe_postgres(self, op: str, seconds: float) -> None:
+        hist = self._postgres.get(op)
+        if hist is None:
+            hist = self._postgres[op] = self.postgres_seconds.labels(op)
+        hist.observe(seconds)

@@ -1,0 +1,179 @@
+"""The OpenAPI 3.1 description served at ``/openapi.json``. A test checks that every route the app
+serves is described here and every described route is served."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+__all__ = ["spec"]
+
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
+_AMOUNT = {"type": "integer", "minimum": 1, "maximum": 10**15, "description": "minor units"}
+_CURRENCY = {"type": "string", "pattern": "^[A-Z]{3}$", "description": "ISO 4217"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): {"description": "error", **_json(_ref("Error"))} for s in statuses}
+
+
+def _op(summary: str, ok: dict[str, Any], *errors: int, body: str | None = None,
+        security: str = "bearer", params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {**ok, **_errors(*errors)}}
+    if body:
+        op["requestBody"] = {"required": True, **_json(_ref(body))}
+    if security:
+        op["security"] = [{security: []}]
+    if params:
+        op["parameters"] = params
+    return op
+
+
+_PATH_ID = {"name": "id", "in": "path", "required": True, "schema": _ID}
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "required": True,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128}}
+
+
+def _card_action(verb: str) -> dict[str, Any]:
+    return {"post": _op(f"{verb} the card", {"200": _json(_ref("Card"))}, 401, 403, 404, 409,
+                        params=[_PATH_ID])}
+
+
+@cache
+def spec() -> dict[str, Any]:
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+            "type": "object", "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+        "AuthorizeRequest": {
+            "type": "object", "required": ["id", "card_id", "amount", "currency", "merchant",
+                                           "channel"],
+            "properties": {
+                "id": _ID, "card_id": _ID, "amount": _AMOUNT, "currency": _CURRENCY,
+                "merchant": {"type": "object", "required": ["id", "mcc", "country"],
+                             "properties": {"id": {"type": "string", "maxLength": 64},
+                                            "name": {"type": "string", "maxLength": 128},
+                                            "mcc": {"type": "string", "pattern": "^[0-9]{4}$"},
+                                            "country": {"type": "string",
+                                                        "pattern": "^[A-Z]{2}$"}}},
+                "channel": {"enum": ["pos", "ecommerce", "atm", "contactless", "moto"]},
+                "partial_allowed": {"type": "boolean"},
+                "parent_id": _ID,
+            }},
+        "AuthorizeResponse": {
+            "type": "object",
+            "required": ["id", "decision", "approved_amount", "reason", "code", "stand_in"],
+            "properties": {
+                "id": _ID, "decision": {"enum": ["approve", "decline"]},
+                "approved_amount": {"type": "integer"}, "reason": {"type": "string"},
+                "code": {"type": "string", "pattern": "^[0-9]{2}$"},
+                "stand_in": {"type": "boolean"}, "authorization_id": _ID}},
+        "AccountCreate": {
+            "type": "object", "required": ["id", "currency"],
+            "properties": {"id": _ID, "currency": _CURRENCY,
+                           "overdraft_limit": {"type": "integer", "minimum": 0},
+                           "kind": {"enum": ["customer", "settlement", "fees", "suspense"]}}},
+        "Account": {
+            "type": "object",
+            "properties": {"id": _ID, "kind": {"type": "string"}, "currency": _CURRENCY,
+                           "posted": {"type": "integer"}, "held": {"type": "integer"},
+                           "available": {"type": "integer"},
+                           "overdraft_limit": {"type": "integer"}}},
+        "DepositCreate": {
+            "type": "object", "required": ["amount"],
+            "properties": {"amount": _AMOUNT, "reference": {"type": "string",
+                                                            "maxLength": 140}}},
+        "Deposit": {"type": "object", "properties": {
+            "id": {"type": "string"}, "account_id": _ID, "amount": {"type": "integer"},
+            "currency": _CURRENCY, "reference": {"type": ["string", "null"]},
+            "status": {"type": "string"}, "created_at": {"type": "string"}}},
+        "Policy": {"type": "object", "properties": {
+            "max_amount": _AMOUNT,
+            "currencies": {"type": "array", "items": _CURRENCY},
+            "mcc_allow": {"type": "array", "items": {"type": "string"}},
+            "mcc_block": {"type": "array", "items": {"type": "string"}},
+            "country_allow": {"type": "array", "items": {"type": "string"}},
+            "country_block": {"type": "array", "items": {"type": "string"}},
+            "channels_block": {"type": "array", "items": {"type": "string"}},
+            "merchant_lock": {"type": "array", "items": {"type": "string"}},
+            "utc_offset_minutes": {"type": "integer", "minimum": -840, "maximum": 840},
+            "velocity": {"type": "array", "maxItems": 8, "items": {
+                "type": "object", "required": ["window"],
+                "properties": {"window": {"type": "string", "pattern": "^[1-9][0-9]*[mhd]$"},
+                               "max_amount": _AMOUNT,
+                               "max_count": {"type": "integer", "minimum": 1}}}}}},
+        "CardPut": {"type": "object", "required": ["account_id"], "properties": {
+            "account_id": _ID, "state": {"enum": ["active", "frozen", "terminated"]},
+            "policy": _ref("Policy"),
+            "expires": {"type": "string", "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])$"},
+            "last4": {"type": "string", "pattern": "^[0-9]{4}$"}}},
+        "Card": {"type": "object", "properties": {
+            "id": _ID, "account_id": _ID, "currency": _CURRENCY, "state": {"type": "string"},
+            "version": {"type": "integer"}, "policy_version": {"type": "integer"},
+            "policy": _ref("Policy"), "expires": {"type": ["string", "null"]},
+            "last4": {"type": ["string", "null"]}}},
+        "Authorization": {"type": "object", "properties": {
+            "id": _ID, "state": {"type": "string"}, "requested_amount": {"type": "integer"},
+            "approved_amount": {"type": "integer"}, "held_amount": {"type": "integer"},
+            "cleared_amount": {"type": "integer"}, "reversed_amount": {"type": "integer"},
+            "history": {"type": "array", "items": {"type": "object"}}}},
+    }
+    paths: dict[str, Any] = {
+        "/v1/authorize": {"post": _op(
+            "Decide a card authorisation and place its hold",
+            {"200": _json(_ref("AuthorizeResponse"))}, 400, 401, 413,
+            body="AuthorizeRequest", security="holdfastSignature")},
+        "/v1/accounts": {"post": _op(
+            "Create an account (same id and body again: 200)",
+            {"201": _json(_ref("Account")), "200": _json(_ref("Account"))}, 400, 401, 403, 409,
+            body="AccountCreate")},
+        "/v1/accounts/{id}": {"get": _op(
+            "Read an account's balances", {"200": _json(_ref("Account"))}, 401, 403, 404,
+            params=[_PATH_ID])},
+        "/v1/accounts/{id}/deposits": {"post": _op(
+            "Fund an account from the settlement account",
+            {"201": _json(_ref("Deposit")), "200": _json(_ref("Deposit"))}, 400, 401, 403, 404,
+            409, body="DepositCreate", params=[_PATH_ID, _IDEMPOTENCY])},
+        "/v1/cards/{id}": {
+            "put": _op("Create or update a card and its policy",
+                       {"201": _json(_ref("Card")), "200": _json(_ref("Card"))}, 400, 401, 403,
+                       404, 409, 503, body="CardPut", params=[_PATH_ID]),
+            "get": _op("Read a card", {"200": _json(_ref("Card"))}, 401, 403, 404,
+                       params=[_PATH_ID])},
+        "/v1/cards/{id}/freeze": _card_action("Freeze"),
+        "/v1/cards/{id}/unfreeze": _card_action("Unfreeze"),
+        "/v1/cards/{id}/terminate": _card_action("Terminate"),
+        "/v1/authorizations/{id}": {"get": _op(
+            "An authorisation with its hold and decision history",
+            {"200": _json(_ref("Authorization"))}, 401, 403, 404, params=[_PATH_ID])},
+        "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "text"}},
+                                security="")},
+        "/healthz": {"get": _op("Alive", {"200": {"description": "ok"}}, security="")},
+        "/readyz": {"get": _op("Ready: PostgreSQL reachable, migrations current",
+                               {"200": {"description": "ready"}}, 503, security="")},
+        "/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI"}},
+                                     security="")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Holdfast", "version": "0.1.0",
+                 "description": "Card authorisation decisions with a double-entry ledger"},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "holdfastSignature": {
+                    "type": "apiKey", "in": "header", "name": "Holdfast-Signature",
+                    "description": "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"},
+            },
+        },
+    }

@@ -1,0 +1,116 @@
+"""The native card-processor API: ``POST /v1/authorize`` (DESIGN §9)."""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Final
+
+from aiohttp import web
+
+from policies.model import CHANNELS, AuthorizationRequest, Decision
+
+from authz.app import AUTHORIZER, CLOCK, METRICS, SETTINGS
+from authz.errors import BadRequest, Unauthorized
+from authz.hotpath import request_hash
+from authz.http import (
+    json_response,
+    opt_bool,
+    opt_str,
+    parse_json_object,
+    req_amount,
+    req_currency,
+    req_id,
+    req_str,
+)
+from authz.signatures import verify_native
+
+__all__ = ["decision_body", "parse_authorize", "routes"]
+
+routes = web.RouteTableDef()
+
+PROVIDER: Final = "native"
+_MCC_RE: Final = re.compile(r"^[0-9]{4}$")
+_COUNTRY_RE: Final = re.compile(r"^[A-Z]{2}$")
+
+
+def parse_authorize(body: dict[str, Any]) -> AuthorizationRequest:
+    """Validate a native authorisation body into the canonical request."""
+    request_id = req_id(body, "id")
+    card_id = req_id(body, "card_id")
+    amount = req_amount(body)
+    currency = req_currency(body)
+    merchant = body.get("merchant")
+    if merchant is None:
+        raise BadRequest("missing_field", "merchant is required")
+    if not isinstance(merchant, dict):
+        raise BadRequest("invalid_field", "merchant must be an object")
+    merchant_id = req_str(merchant, "id", 64, "merchant.")
+    merchant_name = opt_str(merchant, "name", 128, "merchant.") or ""
+    mcc = req_str(merchant, "mcc", 4, "merchant.")
+    if not _MCC_RE.match(mcc):
+        raise BadRequest("invalid_mcc", "merchant.mcc must be four digits (ISO 18245)")
+    country = req_str(merchant, "country", 2, "merchant.")
+    if not _COUNTRY_RE.match(country):
+        raise BadRequest("invalid_country", "merchant.country must be ISO 3166 alpha-2 (e.g. GB)")
+    channel = req_str(body, "channel", 16)
+    if channel not in CHANNELS:
+        raise BadRequest("invalid_channel", f"channel must be one of {sorted(CHANNELS)}")
+    partial = opt_bool(body, "partial_allowed")
+    parent_id = req_id(body, "parent_id") if body.get("parent_id") is not None else None
+    if parent_id == request_id:
+        raise BadRequest("invalid_field", "parent_id must name another authorisation")
+    return AuthorizationRequest(
+        provider=PROVIDER,
+        provider_id=request_id,
+        sequence=0,
+        authorization_id=request_id,
+        card_id=card_id,
+        amount_minor=amount,
+        currency=currency,
+        merchant_id=merchant_id,
+        merchant_name=merchant_name,
+        mcc=mcc,
+        country=country,
+        channel=channel,
+        partial_allowed=partial,
+        parent_id=parent_id,
+        request_hash=request_hash(
+            card_id, amount, currency, merchant_id, merchant_name, mcc, country, channel,
+            partial, parent_id,
+        ),
+    )
+
+
+def decision_body(request_id: str, decision: Decision) -> dict[str, Any]:
+    return {
+        "id": request_id,
+        "decision": "approve" if decision.approved else "decline",
+        "approved_amount": decision.approved_amount_minor,
+        "reason": decision.reason.label,
+        "code": decision.reason.code,
+        "stand_in": decision.stand_in,
+        "authorization_id": decision.authorization_id,
+    }
+
+
+@routes.post("/v1/authorize")
+async def authorize(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    app = request.app
+    settings = app[SETTINGS]
+    raw = await request.read()
+    try:
+        verify_native(
+            request.headers.get("Holdfast-Signature"), raw, settings.webhook_secrets,
+            app[CLOCK](), settings.signature_tolerance_s,
+        )
+    except Unauthorized as exc:
+        app[METRICS].auth_failures.labels("/v1/authorize", exc.code).inc()
+        raise
+    req = parse_authorize(parse_json_object(raw))
+    decision = await app[AUTHORIZER].authorize(req)
+    app[METRICS].observe_decision(
+        PROVIDER, decision.approved, decision.reason.label, time.perf_counter() - started
+    )
+    return json_response(decision_body(req.provider_id, decision))

@@ -1,0 +1,154 @@
+"""Configuration: read once from the environment into a frozen ``Settings``.
+
+Every limit is named here with its default; the README's configuration table lists them. Secrets are
+``Secret`` values that never print.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+__all__ = ["ADMIN_SCOPES", "Secret", "Settings", "SettingsError", "hash_token"]
+
+ADMIN_SCOPES: Final = frozenset({"admin", "support", "customer", "ops"})
+
+# Development defaults: they make `make run` work on a fresh machine and are refused when
+# HOLDFAST_ENV=production.
+DEV_ADMIN_TOKENS: Final = (
+    "dev-admin-token=admin,dev-support-token=support,dev-customer-token=customer,"
+    "dev-ops-token=ops"
+)
+DEV_WEBHOOK_SECRET: Final = "dev-webhook-secret"
+DEFAULT_DATABASE_URL: Final = "postgresql://root@127.0.0.1:5432/holdfast"
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Secret:
+    """A secret string: ``repr``/``str`` never show it; ``reveal()`` does, on purpose."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_prefix: str = "hf:"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    environment: str = "development"
+    # sha256(token) -> scopes; the tokens themselves are not kept
+    admin_tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    webhook_secrets: tuple[Secret, ...] = ()
+    signature_tolerance_s: int = 300
+    max_body_bytes: int = 64 * 1024
+    decision_deadline_ms: int = 250
+    redis_timeout_ms: int = 100
+    pg_pool_size: int = 16
+    pg_command_timeout_s: float = 5.0
+    dedupe_ttl_s: int = 3600
+    hold_window_s: int = 7 * 86400
+    hold_window_long_s: int = 30 * 86400
+    stand_in_max_amount_minor: int = 10_000
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        environment = env.get("HOLDFAST_ENV", "development")
+        production = environment == "production"
+        tokens_raw = env.get("HOLDFAST_ADMIN_TOKENS", "" if production else DEV_ADMIN_TOKENS)
+        secrets_raw = env.get("HOLDFAST_WEBHOOK_SECRET", "" if production else DEV_WEBHOOK_SECRET)
+        webhook_secrets = _secrets(secrets_raw)
+        if production and not webhook_secrets:
+            raise SettingsError("HOLDFAST_WEBHOOK_SECRET is required when HOLDFAST_ENV=production")
+        return cls(
+            database_url=env.get("HOLDFAST_DATABASE_URL", DEFAULT_DATABASE_URL),
+            redis_url=env.get("HOLDFAST_REDIS_URL", DEFAULT_REDIS_URL),
+            redis_prefix=env.get("HOLDFAST_REDIS_PREFIX", "hf:"),
+            host=env.get("HOLDFAST_HOST", "127.0.0.1"),
+            port=_int(env, "HOLDFAST_PORT", 8080, 1, 65535),
+            environment=environment,
+            admin_tokens=parse_admin_tokens(tokens_raw),
+            webhook_secrets=webhook_secrets,
+            signature_tolerance_s=_int(env, "HOLDFAST_SIGNATURE_TOLERANCE_S", 300, 1, 3600),
+            max_body_bytes=_int(env, "HOLDFAST_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20),
+            decision_deadline_ms=_int(env, "HOLDFAST_DECISION_DEADLINE_MS", 250, 10, 10_000),
+            redis_timeout_ms=_int(env, "HOLDFAST_REDIS_TIMEOUT_MS", 100, 1, 10_000),
+            pg_pool_size=_int(env, "HOLDFAST_PG_POOL_SIZE", 16, 1, 500),
+            dedupe_ttl_s=_int(env, "HOLDFAST_DEDUPE_TTL_S", 3600, 60, 30 * 86400),
+            hold_window_s=_int(env, "HOLDFAST_HOLD_WINDOW_S", 7 * 86400, 60, 90 * 86400),
+            hold_window_long_s=_int(
+                env, "HOLDFAST_HOLD_WINDOW_LONG_S", 30 * 86400, 60, 90 * 86400
+            ),
+            stand_in_max_amount_minor=_int(
+                env, "HOLDFAST_STAND_IN_MAX_AMOUNT", 10_000, 0, 10**15
+            ),
+            log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),
+        )
+
+    def scopes_for(self, token: str) -> frozenset[str]:
+        return self.admin_tokens.get(hash_token(token), frozenset())
+
+
+def parse_admin_tokens(raw: str) -> dict[str, frozenset[str]]:
+    """``token=scope|scope,token2=scope`` -> {sha256(token): scopes}."""
+    out: dict[str, frozenset[str]] = {}
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        token, sep, scopes_raw = item.partition("=")
+        scopes = frozenset(s.strip() for s in scopes_raw.split("|") if s.strip())
+        if not sep or not token or not scopes or not scopes <= ADMIN_SCOPES:
+            raise SettingsError(
+                "HOLDFAST_ADMIN_TOKENS: each entry is token=scope|scope with scopes from "
+                f"{sorted(ADMIN_SCOPES)}"
+            )
+        if len(token) < 12:
+            raise SettingsError("HOLDFAST_ADMIN_TOKENS: tokens must be at least 12 characters")
+        out[hash_token(token)] = scopes
+    return out
+
+
+def _secrets(raw: str) -> tuple[Secret, ...]:
+    return tuple(Secret(s.strip()) for s in raw.split(",") if s.strip())
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value

@@ -1,0 +1,192 @@
+"""One Python call per ledger operation, each one PL/pgSQL call (one round trip).
+
+The functions in ``migrations/`` lock rows in a fixed order, check for a replay of the operation's
+id, then act; Python only passes arguments and reads the result.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from holds.model import Account
+
+__all__ = [
+    "AccountConflict",
+    "AuthorizeResult",
+    "DepositResult",
+    "authorize",
+    "create_account",
+    "deposit",
+    "get_account",
+    "get_authorization",
+]
+
+Executor = asyncpg.Pool | asyncpg.Connection
+
+_AUTHORIZE = (
+    "SELECT status, authorization_id, decision, approved_amount, reason, stand_in FROM "
+    "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
+    "$21,$22)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeResult:
+    status: str  # 'new' | 'replay' | 'conflict'
+    authorization_id: str
+    approved: bool
+    approved_amount_minor: int
+    reason: str
+    stand_in: bool
+
+
+async def authorize(
+    db: Executor,
+    *,
+    provider: str,
+    provider_id: str,
+    sequence: int,
+    authorization_id: str,
+    parent_id: str | None,
+    card_id: str,
+    amount_minor: int,
+    currency: str,
+    partial_allowed: bool,
+    rule_reason: str | None,
+    policy_version: int | None,
+    counters: str | None,
+    request_hash: str,
+    now: dt.datetime,
+    hold_expires: dt.datetime,
+    merchant_id: str,
+    merchant_name: str,
+    mcc: str,
+    country: str,
+    channel: str,
+    stand_in: bool,
+    stand_in_cap_minor: int,
+) -> AuthorizeResult:
+    """Decide funds, record the decision and place (or raise) the hold, atomically."""
+    row = await db.fetchrow(
+        _AUTHORIZE,
+        provider, provider_id, sequence, authorization_id, parent_id, card_id, amount_minor,
+        currency, partial_allowed, rule_reason, policy_version, counters, request_hash, now,
+        hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in,
+        stand_in_cap_minor,
+    )
+    if row is None:  # the function always returns one row
+        raise RuntimeError("hf_authorize returned no row")
+    return AuthorizeResult(
+        status=row[0],
+        authorization_id=row[1],
+        approved=row[2] == "approve",
+        approved_amount_minor=row[3],
+        reason=row[4],
+        stand_in=row[5],
+    )
+
+
+class AccountConflict(ValueError):
+    """An account with this id exists with other attributes."""
+
+
+_ACCOUNT_COLUMNS = "id, kind, currency, posted, held, overdraft_limit"
+
+
+def _account(row: asyncpg.Record) -> Account:
+    return Account(
+        id=row["id"],
+        kind=row["kind"],
+        currency=row["currency"],
+        posted_minor=row["posted"],
+        held_minor=row["held"],
+        overdraft_limit_minor=row["overdraft_limit"],
+    )
+
+
+async def create_account(
+    db: Executor, account_id: str, kind: str, currency: str, overdraft_limit_minor: int
+) -> tuple[Account, bool]:
+    """Create an account; the same id with the same attributes again is a no-op (created=False),
+    with other attributes an ``AccountConflict``."""
+    row = await db.fetchrow(
+        f"INSERT INTO accounts (id, kind, currency, overdraft_limit) VALUES ($1, $2, $3, $4)"
+        f" ON CONFLICT (id) DO NOTHING RETURNING {_ACCOUNT_COLUMNS}",
+        account_id, kind, currency, overdraft_limit_minor,
+    )
+    if row is not None:
+        return _account(row), True
+    existing = await get_account(db, account_id)
+    if existing is None:  # deleted in between: accounts are never deleted
+        raise RuntimeError(f"account {account_id} vanished")
+    same = (existing.kind, existing.currency, existing.overdraft_limit_minor) == (
+        kind, currency, overdraft_limit_minor,
+    )
+    if not same:
+        raise AccountConflict(f"account {account_id} exists with other attributes")
+    return existing, False
+
+
+async def get_account(db: Executor, account_id: str) -> Account | None:
+    row = await db.fetchrow(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+    return None if row is None else _account(row)
+
+
+@dataclass(frozen=True, slots=True)
+class DepositResult:
+    status: str  # 'created' | 'replay' | 'conflict' | 'unknown_account'
+    transaction_id: int | None
+    account_id: str
+    amount_minor: int
+    currency: str | None
+    reference: str | None
+    created_at: dt.datetime | None
+
+
+async def deposit(
+    db: Executor, key: str, account_id: str, amount_minor: int, reference: str | None,
+    request_hash: str,
+) -> DepositResult:
+    row = await db.fetchrow(
+        "SELECT * FROM hf_deposit($1, $2, $3, $4, $5)",
+        key, account_id, amount_minor, reference, request_hash,
+    )
+    if row is None:
+        raise RuntimeError("hf_deposit returned no row")
+    return DepositResult(
+        status=row["status"],
+        transaction_id=row["transaction_id"],
+        account_id=row["account_id"],
+        amount_minor=row["amount"],
+        currency=row["currency"],
+        reference=row["reference"],
+        created_at=row["created_at"],
+    )
+
+
+async def get_authorization(db: Executor, authorization_id: str) -> dict[str, Any] | None:
+    """The authorisation (found by its id or by the id of any of its requests) with its hold
+    and the history of decisions."""
+    auth = await db.fetchrow(
+        "SELECT a.*, h.state AS hold_state, h.authorized, h.posted AS hold_posted, h.released,"
+        " h.remaining, h.expires_at"
+        "  FROM authorizations a LEFT JOIN holds h ON h.id = a.id"
+        " WHERE a.id = COALESCE("
+        "   (SELECT id FROM authorizations WHERE id = $1),"
+        "   (SELECT authorization_id FROM authorization_requests WHERE provider_id = $1"
+        "     ORDER BY id LIMIT 1))",
+        authorization_id,
+    )
+    if auth is None:
+        return None
+    history = await db.fetch(
+        "SELECT provider_id, sequence, kind, amount, currency, decision, approved_amount, reason,"
+        " stand_in, policy_version, counters::text AS counters, decided_at"
+        "  FROM authorization_requests WHERE authorization_id = $1 ORDER BY id",
+        auth["id"],
+    )
+    return {"authorization": dict(auth), "history": [dict(r) for r in history]}

@@ -1,0 +1,175 @@
+"""The Redis side of a decision: the key schema, the Lua scripts, and their Python callers.
+
+Every key of a card carries the hash tag ``{card:<id>}``, so one card's keys share a cluster slot
+and each script touches a single slot. The key prefix (``HOLDFAST_REDIS_PREFIX``) keeps test runs
+and environments apart on a shared Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Final, Literal
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from policies.model import AuthorizationRequest, Reason
+from policies.store import CardSnapshot
+
+__all__ = ["PolicyCache", "Verdict", "encode_snapshot"]
+
+
+def _script(name: str) -> str:
+    return (resources.files("policies") / name).read_text()
+
+
+def encode_snapshot(card: CardSnapshot) -> list[str]:
+    """The card as flat field/value pairs of its policy hash (what velocity.lua reads)."""
+    p = card.policy
+
+    def codes(values: frozenset[str]) -> str:
+        return "," + ",".join(sorted(values)) + "," if values else ""
+
+    velocity = ";".join(
+        f"{w.unit}:{w.buckets}:{-1 if w.max_amount_minor is None else w.max_amount_minor}:"
+        f"{-1 if w.max_count is None else w.max_count}:{w.label}"
+        for w in p.velocity
+    )
+    fields = {
+        "s": card.state,
+        "cur": card.currency,
+        "pv": str(card.policy_version),
+        "exp": card.expires.replace("-", "") if card.expires else "",
+        "max": "" if p.max_amount_minor is None else str(p.max_amount_minor),
+        "curs": codes(p.currencies),
+        "ma": codes(p.mcc_allow),
+        "mb": codes(p.mcc_block),
+        "ca": codes(p.country_allow),
+        "cb": codes(p.country_block),
+        "chb": codes(p.channels_block),
+        "ml": codes(p.merchant_lock),
+        "vel": velocity,
+        "tz": str(p.utc_offset_minutes),
+    }
+    return [x for pair in fields.items() for x in pair]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the Redis check said about a request.
+
+    kind: ``miss`` (no cached policy), ``ok`` (all rules passed, counters incremented now),
+    ``decline`` (a rule refused; nothing counted), ``dup`` (this request identity was seen
+    before; ``prior_*`` say what that attempt found)."""
+
+    kind: Literal["miss", "ok", "decline", "dup"]
+    reason: Reason | None = None
+    card_version: int | None = None
+    counters: str | None = None
+    buckets: str = ""
+    prior_hash: str = ""
+
+
+_MISS: Final = Verdict("miss")
+
+
+class PolicyCache:
+    def __init__(self, client: aioredis.Redis, prefix: str, dedupe_ttl_s: int) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._dedupe_ttl = str(dedupe_ttl_s)
+        self._sources = {
+            "velocity": _script("velocity.lua"),
+            "release": _script("release.lua"),
+            "put": _script("cache_put.lua"),
+        }
+        self._sha: dict[str, str] = {}
+
+    # -- keys: the whole schema is here -------------------------------------------------------
+    def policy_key(self, card_id: str) -> str:
+        return f"{self._prefix}{{card:{card_id}}}:p"
+
+    def velocity_key(self, card_id: str) -> str:
+        return f"{self._prefix}{{card:{card_id}}}:v"
+
+    def dedupe_key(self, card_id: str, provider: str, provider_id: str, sequence: int) -> str:
+        return f"{self._prefix}{{card:{card_id}}}:d:{provider}:{provider_id}:{sequence}"
+
+    # -- scripts ------------------------------------------------------------------------------
+    async def load_scripts(self) -> None:
+        for name, source in self._sources.items():
+            self._sha[name] = await self._redis.script_load(source)
+
+    async def _run(self, name: str, keys: list[str], args: list[str]) -> object:
+        sha = self._sha.get(name)
+        if sha is None:
+            await self.load_scripts()
+            sha = self._sha[name]
+        try:
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]
+        except NoScriptError:
+            # Redis restarted or was flushed since start-up: load again, once
+            await self.load_scripts()
+            return await self._redis.evalsha(  # type: ignore[misc]
+                self._sha[name], len(keys), *keys, *args
+            )
+
+    async def check(self, req: AuthorizationRequest, now_s: int, month: int) -> Verdict:
+        """Duplicate check, rules and velocity for one request, counting it if all pass."""
+        card = req.card_id
+        keys = [
+            self.policy_key(card),
+            self.velocity_key(card),
+            self.dedupe_key(card, req.provider, req.provider_id, req.sequence),
+        ]
+        args = [
+            str(now_s), str(req.amount_minor), req.currency, req.mcc, req.country, req.channel,
+            req.merchant_id, req.request_hash, self._dedupe_ttl,
+            "0" if req.parent_id else "1", str(month),
+        ]
+        out = await self._run("velocity", keys, args)
+        return _parse_verdict(out)
+
+    async def put(self, card: CardSnapshot) -> bool:
+        """Cache the card unless a newer version is already cached. True if written."""
+        written = await self._run(
+            "put", [self.policy_key(card.id)], [str(card.version), *encode_snapshot(card)]
+        )
+        return bool(written)
+
+    async def release(self, card_id: str, buckets: str, amount_minor: int, count: int) -> int:
+        """Subtract a counted amount (and count) from the buckets that still exist."""
+        args: list[str] = []
+        for bucket in buckets.split(","):
+            if not bucket:
+                continue
+            unit, _, idx = bucket.partition(":")
+            if amount_minor:
+                args += [f"{unit}{idx}a", str(amount_minor)]
+            if count:
+                args += [f"{unit}{idx}c", str(count)]
+        if not args:
+            return 0
+        changed = await self._run("release", [self.velocity_key(card_id)], args)
+        return int(changed)  # type: ignore[call-overload]
+
+    async def forget(self, card_id: str) -> None:
+        await self._redis.delete(self.policy_key(card_id))
+
+
+def _parse_verdict(out: object) -> Verdict:
+    if not isinstance(out, list) or not out:
+        raise ValueError(f"unexpected reply from velocity.lua: {out!r}")
+    kind = out[0]
+    if kind == "ok":
+        return Verdict("ok", None, int(out[1]), out[2], out[3])
+    if kind == "decline":
+        return Verdict("decline", Reason.from_label(out[1]), int(out[2]), out[3])
+    if kind == "miss":
+        return _MISS
+    if kind == "dup":
+        prior_hash, verdict, buckets, version = str(out[1]).split("|")
+        reason = None if verdict == "ok" else Reason.from_label(verdict)
+        return Verdict("dup", reason, int(version), None, buckets, prior_hash)
+    raise ValueError(f"unexpected reply from velocity.lua: {out!r}")

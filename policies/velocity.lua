@@ -1,0 +1,152 @@
+-- Holdfast decision script: duplicate check, card state, static policy rules and velocity
+-- windows, then (only if every check passes) the counter increments. One EVALSHA per decision;
+-- every key carries the card's hash tag, so it runs unchanged on Redis Cluster.
+--
+-- KEYS[1] policy hash   <prefix>{card:<id>}:p   (written by cache_put.lua)
+-- KEYS[2] velocity hash <prefix>{card:<id>}:v   fields <unit><bucket index><c|a> (count, amount)
+-- KEYS[3] dedupe key    <prefix>{card:<id>}:d:<provider>:<provider id>:<sequence>
+-- ARGV: 1 now (unix s, from the server, never the Redis clock)  2 amount (minor units)
+--       3 currency  4 mcc  5 country  6 channel  7 merchant id  8 request hash
+--       9 dedupe ttl (s)  10 count delta (1 initial, 0 incremental)  11 this month as YYYYMM
+--
+-- Returns {'miss'} | {'dup', stored} | {'decline', reason, version, counters}
+--       | {'ok', version, counters, buckets}
+-- stored = '<request hash>|<ok or reason>|<buckets>|<version>'; counters = JSON of what each window
+-- held before this request; buckets = 'm:<idx>,h:<idx>,d:<idx>' (the buckets incremented).
+
+local prev = redis.call('GET', KEYS[3])
+if prev then
+    return {'dup', prev}
+end
+
+local flat = redis.call('HGETALL', KEYS[1])
+if #flat == 0 then
+    return {'miss'}
+end
+local pol = {}
+for i = 1, #flat, 2 do
+    pol[flat[i]] = flat[i + 1]
+end
+
+local now = tonumber(ARGV[1])
+local amount = tonumber(ARGV[2])
+local currency, mcc, country, channel, merchant = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
+local count_delta = tonumber(ARGV[10])
+local version = pol['pv'] or pol['v']
+
+local function set(name)
+    local s = pol[name]
+    if s == nil or s == '' then
+        return nil
+    end
+    return s
+end
+local function listed(s, value)
+    return string.find(s, ',' .. value .. ',', 1, true) ~= nil
+end
+local function refused_by(allow, block, value)
+    local a, b = set(allow), set(block)
+    return (a ~= nil and not listed(a, value)) or (b ~= nil and listed(b, value))
+end
+
+-- static rules, in the fixed order of precedence
+local reason = nil
+local state = pol['s']
+if state == 'terminated' then
+    reason = 'invalid_card'
+elseif state ~= 'active' then
+    reason = 'card_restricted'
+elseif set('exp') and tonumber(pol['exp']) < tonumber(ARGV[11]) then
+    reason = 'card_expired'
+elseif pol['cur'] ~= currency then
+    reason = 'do_not_honor'
+elseif refused_by('curs', nil, currency) or refused_by('ma', 'mb', mcc)
+    or refused_by('ca', 'cb', country) or refused_by(nil, 'chb', channel)
+    or refused_by('ml', nil, merchant) then
+    reason = 'not_permitted'
+elseif set('max') and amount > tonumber(pol['max']) then
+    reason = 'amount_limit_exceeded'
+end
+
+-- velocity windows: '<unit>:<buckets>:<max amount or -1>:<max count or -1>:<label>;...'
+local windows, retention, current = {}, {}, {}
+local spec = set('vel')
+if spec then
+    for w in string.gmatch(spec, '[^;]+') do
+        local unit, n, ma, mc, label = string.match(w, '^(%a):(%d+):(%-?%d+):(%-?%d+):(.+)$')
+        n = tonumber(n)
+        windows[#windows + 1] = {unit = unit, n = n, ma = tonumber(ma), mc = tonumber(mc),
+                                 label = label, a = 0, c = 0}
+        if (retention[unit] or 0) < n then
+            retention[unit] = n
+        end
+    end
+    local offset = tonumber(pol['tz'] or '0') * 60
+    if retention['m'] then current['m'] = math.floor(now / 60) end
+    if retention['h'] then current['h'] = math.floor(now / 3600) end
+    if retention['d'] then current['d'] = math.floor((now + offset) / 86400) end
+end
+
+local stale = {}
+if #windows > 0 then
+    local v = redis.call('HGETALL', KEYS[2])
+    for i = 1, #v, 2 do
+        local field = v[i]
+        local unit, idx, kind = string.sub(field, 1, 1), tonumber(string.sub(field, 2, -2)),
+            string.sub(field, -1)
+        local cur = current[unit]
+        if cur == nil or idx == nil or idx < cur - retention[unit] then
+            stale[#stale + 1] = field
+        else
+            local value = tonumber(v[i + 1])
+            for _, w in ipairs(windows) do
+                -- sliding windows include their oldest, partly expired bucket; calendar days
+                -- count today and the n-1 days before
+                local lowest = cur - w.n
+                if w.unit == 'd' then lowest = lowest + 1 end
+                if w.unit == unit and idx >= lowest then
+                    if kind == 'a' then w.a = w.a + value else w.c = w.c + value end
+                end
+            end
+        end
+    end
+else
+    redis.call('DEL', KEYS[2])
+end
+
+local counters = {}
+local amount_hit, count_hit = false, false
+for _, w in ipairs(windows) do
+    counters[#counters + 1] = {w.label, w.a, w.c}
+    if w.ma >= 0 and w.a + amount > w.ma then amount_hit = true end
+    if w.mc >= 0 and count_delta > 0 and w.c + count_delta > w.mc then count_hit = true end
+end
+if reason == nil and amount_hit then reason = 'amount_limit_exceeded' end
+if reason == nil and count_hit then reason = 'count_limit_exceeded' end
+local seen = '[]'
+if #counters > 0 then seen = cjson.encode(counters) end
+local ttl = tonumber(ARGV[9])
+
+if reason ~= nil then
+    redis.call('SET', KEYS[3], ARGV[8] .. '|' .. reason .. '||' .. version, 'EX', ttl)
+    return {'decline', reason, version, seen}
+end
+
+local buckets = {}
+for _, unit in ipairs({'m', 'h', 'd'}) do
+    local cur = current[unit]
+    if cur ~= nil then
+        local base = unit .. string.format('%d', cur)
+        if count_delta > 0 then
+            redis.call('HINCRBY', KEYS[2], base .. 'c', count_delta)
+        end
+        redis.call('HINCRBY', KEYS[2], base .. 'a', ARGV[2])
+        buckets[#buckets + 1] = unit .. ':' .. string.format('%d', cur)
+    end
+end
+if #stale > 0 then
+    redis.call('HDEL', KEYS[2], unpack(stale))
+end
+local used = table.concat(buckets, ',')
+redis.call('SET', KEYS[3], ARGV[8] .. '|ok|' .. used .. '|' .. version, 'EX', ttl)
+return {'ok', version, seen, used}
