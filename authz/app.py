@@ -13,13 +13,12 @@ import asyncpg
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from policies.cache import PolicyCache
-
 from authz.errors import ApiError, PayloadTooLarge
 from authz.hotpath import Authorizer
 from authz.http import json_response
 from authz.metrics import Metrics
 from authz.settings import Settings
+from policies.cache import PolicyCache
 
 __all__ = [
     "AUTHORIZER",
@@ -37,7 +36,7 @@ log = logging.getLogger("holdfast.http")
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 METRICS: Final = web.AppKey("metrics", Metrics)
-CLOCK: Final = web.AppKey("clock", Callable[[], float])
+CLOCK: Final[web.AppKey[Callable[[], float]]] = web.AppKey("clock")
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
 REDIS: Final = web.AppKey("redis", aioredis.Redis)
 CACHE: Final = web.AppKey("cache", PolicyCache)

@@ -13,11 +13,10 @@ from urllib.parse import urlparse
 import asyncpg
 from aiohttp import web
 
-from holds.migrate import migrate
-from holds.verify import verify
-
 from authz.logs import setup_logging
 from authz.settings import Settings, SettingsError
+from holds.migrate import migrate
+from holds.verify import verify
 
 __all__ = ["main"]
 
@@ -129,7 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"holdfast {args.command}: cannot reach a dependency: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
-    return 2
 
 
 if __name__ == "__main__":

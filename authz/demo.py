@@ -3,21 +3,22 @@ curl commands that exercise them."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 import redis.asyncio as aioredis
 
+from authz.hotpath import request_hash
+from authz.settings import DEV_WEBHOOK_SECRET, Settings
 from holds import ledger
 from policies.cache import PolicyCache
 from policies.model import Policy
 from policies.store import upsert_card
 
-from authz.hotpath import request_hash
-from authz.settings import DEV_WEBHOOK_SECRET, Settings
-
 __all__ = ["seed"]
 
 ACCOUNTS = (("acct-alice", "GBP", 250_00, 0), ("acct-bob", "USD", 40_00, 10_00))
-CARDS = (
+CARDS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
     ("card-alice", "acct-alice", "active", {
         "max_amount": 500_00, "mcc_block": ["7995"],
         "velocity": [{"window": "1h", "max_count": 20}, {"window": "1d", "max_amount": 1000_00}],

@@ -2,14 +2,14 @@
 snake_case code; the error middleware renders it as ``{"error": {"code", "message"}}``.
 
     ApiError
-    ├── BadRequest (400)            invalid_json, invalid_field, missing_field, unknown_currency, ...
-    ├── Unauthorized (401)          missing_signature, bad_signature, stale_signature, missing_token,
-    │                               bad_token
-    ├── Forbidden (403)             insufficient_scope
-    ├── NotFound (404)              not_found, unknown_account, unknown_card, unknown_authorization
-    ├── Conflict (409)              idempotency_conflict, account_exists, card_conflict
-    ├── PayloadTooLarge (413)       body_too_large
-    └── Unavailable (503)           database_unavailable, cache_unavailable
+    ├── BadRequest (400)        invalid_json, invalid_field, missing_field, unknown_currency, ...
+    ├── Unauthorized (401)      missing_signature, bad_signature, stale_signature, missing_token,
+    │                           bad_token
+    ├── Forbidden (403)         insufficient_scope
+    ├── NotFound (404)          not_found, unknown_account, unknown_card, unknown_authorization
+    ├── Conflict (409)          idempotency_conflict, account_exists, card_conflict
+    ├── PayloadTooLarge (413)   body_too_large
+    └── Unavailable (503)       database_unavailable, cache_unavailable
 
 Declines are results, not errors: an authorisation that is refused is a 200 with a reason.
 Messages never contain a card number, a CVV or a secret.

@@ -19,14 +19,13 @@ from typing import Final
 import asyncpg
 from redis.exceptions import RedisError
 
+from authz.metrics import Metrics
+from authz.settings import Settings
 from holds import ledger
 from holds.model import hold_window_s
 from policies.cache import PolicyCache, Verdict
 from policies.model import AuthorizationRequest, Decision, Reason
 from policies.store import load_card
-
-from authz.metrics import Metrics
-from authz.settings import Settings
 
 __all__ = ["Authorizer", "request_hash"]
 
@@ -159,7 +158,7 @@ class Authorizer:
         off the response path (a crash here only leaves counters too high: fails safe)."""
         count = 0 if req.parent_id else 1
         if verdict.kind == "ok" and result.status != "new":
-            amount, count = req.amount_minor, count  # counted now for a replay or conflict
+            amount = req.amount_minor  # counted now for a replay or a conflict: all of it
         elif result.status == "new" and verdict.kind in ("ok", "dup") and verdict.reason is None:
             # counted (now or by the first attempt) but not all held
             amount = req.amount_minor - result.approved_amount_minor

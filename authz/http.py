@@ -10,10 +10,9 @@ from typing import Any, Final
 import orjson
 from aiohttp import web
 
-from holds.model import MAX_AMOUNT_MINOR, is_currency
-
 from authz.errors import BadRequest, Forbidden, Unauthorized
 from authz.settings import Settings
+from holds.model import MAX_AMOUNT_MINOR, is_currency
 
 __all__ = [
     "ID_RE",
@@ -115,5 +114,6 @@ def require_scope(request: web.Request, settings: Settings, *allowed: str) -> fr
     if not scopes:
         raise Unauthorized("bad_token", "unknown token")
     if "admin" not in scopes and not scopes.intersection(allowed):
-        raise Forbidden("insufficient_scope", f"this call needs one of: admin, {', '.join(allowed)}")
+        needed = ", ".join(("admin", *allowed))
+        raise Forbidden("insufficient_scope", f"this call needs one of: {needed}")
     return scopes

@@ -22,7 +22,7 @@ DEV_ADMIN_TOKENS: Final = (
     "dev-admin-token=admin,dev-support-token=support,dev-customer-token=customer,"
     "dev-ops-token=ops"
 )
-DEV_WEBHOOK_SECRET: Final = "dev-webhook-secret"
+DEV_WEBHOOK_SECRET: Final = "dev-webhook-secret"  # noqa: S105 (development default)
 DEFAULT_DATABASE_URL: Final = "postgresql://root@127.0.0.1:5432/holdfast"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 

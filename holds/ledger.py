@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from holds.db import Executor
 from holds.model import Account
 
 __all__ = [
@@ -25,7 +26,6 @@ __all__ = [
     "get_authorization",
 ]
 
-Executor = asyncpg.Pool | asyncpg.Connection
 
 _AUTHORIZE = (
     "SELECT status, authorization_id, decision, approved_amount, reason, stand_in FROM "

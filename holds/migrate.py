@@ -8,7 +8,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 
-import asyncpg
+from holds.db import Conn
 
 __all__ = ["Migration", "MigrationError", "applied_versions", "available", "migrate", "pending"]
 
@@ -50,7 +50,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )"""
 
 
-async def applied_versions(conn: asyncpg.Connection) -> dict[str, str]:
+async def applied_versions(conn: Conn) -> dict[str, str]:
     exists = await conn.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
     if not exists:
         return {}
@@ -58,12 +58,12 @@ async def applied_versions(conn: asyncpg.Connection) -> dict[str, str]:
     return {r["version"]: r["checksum"] for r in rows}
 
 
-async def pending(conn: asyncpg.Connection) -> list[Migration]:
+async def pending(conn: Conn) -> list[Migration]:
     done = await applied_versions(conn)
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(conn: asyncpg.Connection) -> list[Migration]:
+async def migrate(conn: Conn) -> list[Migration]:
     """Apply every pending migration; return those applied now."""
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:

@@ -94,7 +94,9 @@ class Hold:
 
 
 # Merchant categories whose final amount is known only at check-out: their holds live longer.
-_LONG_HOLD_MCC_RANGES: Final = ((3351, 3500), (3501, 3999), (7011, 7011), (7512, 7513), (7519, 7519))
+_LONG_HOLD_MCC_RANGES: Final = (
+    (3351, 3500), (3501, 3999), (7011, 7011), (7512, 7513), (7519, 7519),
+)
 
 
 def hold_window_s(mcc: str, default_s: int, long_s: int) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-import asyncpg
+from holds.db import Conn
 
 __all__ = ["CHECKS", "Report", "Violation", "verify"]
 
@@ -42,7 +42,8 @@ class Report:
 # (name, what it proves, query returning one text column per violating row)
 CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
     ("balanced", "every ledger transaction sums to zero per currency", """
-        SELECT format('transaction %s: %s postings sum to %s', transaction_id, currency, sum(amount))
+        SELECT format('transaction %s: %s postings sum to %s', transaction_id, currency,
+                      sum(amount))
           FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0"""),
     ("posted", "account posted = sum of its postings", """
         SELECT format('account %s: posted %s but postings sum to %s', a.id, a.posted,
@@ -105,7 +106,7 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
 )
 
 
-async def verify(conn: asyncpg.Connection) -> Report:
+async def verify(conn: Conn) -> Report:
     """Run every check in one read-only REPEATABLE READ snapshot, so a ledger that is being
     written to meanwhile is judged as of one instant."""
     report = Report()

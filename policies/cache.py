@@ -107,13 +107,11 @@ class PolicyCache:
             await self.load_scripts()
             sha = self._sha[name]
         try:
-            return await self._redis.evalsha(sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await self._redis.evalsha(sha, len(keys), *keys, *args)
         except NoScriptError:
             # Redis restarted or was flushed since start-up: load again, once
             await self.load_scripts()
-            return await self._redis.evalsha(  # type: ignore[misc]
-                self._sha[name], len(keys), *keys, *args
-            )
+            return await self._redis.evalsha(self._sha[name], len(keys), *keys, *args)
 
     async def check(self, req: AuthorizationRequest, now_s: int, month: int) -> Verdict:
         """Duplicate check, rules and velocity for one request, counting it if all pass."""
@@ -152,7 +150,9 @@ class PolicyCache:
         if not args:
             return 0
         changed = await self._run("release", [self.velocity_key(card_id)], args)
-        return int(changed)  # type: ignore[call-overload]
+        if not isinstance(changed, int):
+            raise ValueError(f"unexpected reply from release.lua: {changed!r}")
+        return changed
 
     async def forget(self, card_id: str) -> None:
         await self._redis.delete(self.policy_key(card_id))

@@ -141,7 +141,7 @@ class VelocityWindow:
         max_count = _optional_positive_int(raw.get("max_count"), f"{field}.max_count")
         if max_amount is None and max_count is None:
             raise PolicyError(field, "needs max_amount, max_count or both")
-        return cls(label, unit, n, max_amount, max_count)
+        return cls(str(label), unit, n, max_amount, max_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,4 +240,4 @@ def _channel_set(raw: Mapping[str, object]) -> frozenset[str]:
     values = raw.get("channels_block", [])
     if not isinstance(values, list) or not all(v in CHANNELS for v in values):
         raise PolicyError("channels_block", f"must be a list of {sorted(CHANNELS)}")
-    return frozenset(values)  # type: ignore[arg-type]
+    return frozenset(str(v) for v in values)

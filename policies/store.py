@@ -12,6 +12,7 @@ from typing import Final
 import asyncpg
 import orjson
 
+from holds.db import Conn, Executor
 from policies.model import Policy
 from policies.states import event_for, next_state
 
@@ -89,13 +90,13 @@ def _snapshot(row: asyncpg.Record) -> CardSnapshot:
     )
 
 
-async def load_card(conn: asyncpg.Connection | asyncpg.Pool, card_id: str) -> CardSnapshot | None:
+async def load_card(conn: Executor, card_id: str) -> CardSnapshot | None:
     row = await conn.fetchrow(_SELECT, card_id)
     return None if row is None else _snapshot(row)
 
 
 async def upsert_card(
-    conn: asyncpg.Connection,
+    conn: Conn,
     card_id: str,
     account_id: str,
     state: str,
@@ -165,7 +166,7 @@ async def upsert_card(
     return snapshot, created
 
 
-async def transition(conn: asyncpg.Connection, card_id: str, event: str) -> CardSnapshot:
+async def transition(conn: Conn, card_id: str, event: str) -> CardSnapshot:
     """Apply a state-machine event (freeze, unfreeze, terminate) and bump the version."""
     async with conn.transaction():
         state = await conn.fetchval("SELECT state FROM cards WHERE id = $1 FOR UPDATE", card_id)

@@ -15,20 +15,6 @@ import orjson
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from holds import ledger
-from holds.model import AccountKind, Account
-from policies.model import Policy, PolicyError
-from policies.states import CARD_STATES
-from policies.store import (
-    CardConflict,
-    CardNotFound,
-    CardSnapshot,
-    UnknownAccount,
-    load_card,
-    transition,
-    upsert_card,
-)
-
 from authz.app import CACHE, POOL, SETTINGS
 from authz.errors import BadRequest, Conflict, NotFound, Unavailable
 from authz.hotpath import request_hash
@@ -41,6 +27,19 @@ from authz.http import (
     req_currency,
     req_id,
     require_scope,
+)
+from holds import ledger
+from holds.model import Account, AccountKind
+from policies.model import Policy, PolicyError
+from policies.states import CARD_STATES
+from policies.store import (
+    CardConflict,
+    CardNotFound,
+    CardSnapshot,
+    UnknownAccount,
+    load_card,
+    transition,
+    upsert_card,
 )
 
 __all__ = ["routes"]

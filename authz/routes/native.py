@@ -8,8 +8,6 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from policies.model import CHANNELS, AuthorizationRequest, Decision
-
 from authz.app import AUTHORIZER, CLOCK, METRICS, SETTINGS
 from authz.errors import BadRequest, Unauthorized
 from authz.hotpath import request_hash
@@ -24,6 +22,7 @@ from authz.http import (
     req_str,
 )
 from authz.signatures import verify_native
+from policies.model import CHANNELS, AuthorizationRequest, Decision
 
 __all__ = ["decision_body", "parse_authorize", "routes"]
 

@@ -8,11 +8,10 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from holds.migrate import pending
-
 from authz.app import METRICS, POOL, REDIS
 from authz.http import json_response
 from authz.openapi import spec
+from holds.migrate import pending
 
 __all__ = ["routes"]
 
@@ -44,7 +43,7 @@ async def _probe_postgres(request: web.Request) -> dict[str, object]:
 async def _probe_redis(request: web.Request) -> dict[str, object]:
     try:
         async with asyncio.timeout(_PROBE_TIMEOUT_S):
-            await request.app[REDIS].ping()  # type: ignore[misc]
+            await request.app[REDIS].ping()
     except Exception as exc:
         return {"ok": False, "error": type(exc).__name__, "stand_in": True}
     return {"ok": True}

@@ -1,0 +1,41 @@
+# Holdfast: `make run` (server with demo data), `make test` (the whole suite), `make check`
+# (ruff + mypy strict), `make bench` (benchmarks; prints figures and ratios).
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP   := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+ENVFILE := .holdfast/env
+
+.PHONY: run test check bench install services clean
+
+$(PY):
+	python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP): $(PY) pyproject.toml
+	$(PIP) install --quiet -e '.[dev]'
+	rm -f .venv/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+services: install
+	@scripts/services.sh
+
+run: services
+	@set -a; [ -f $(ENVFILE) ] && . ./$(ENVFILE); set +a; \
+	.venv/bin/holdfast migrate --create-db && \
+	.venv/bin/holdfast demo && \
+	exec .venv/bin/holdfast serve
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+check: install
+	.venv/bin/ruff check .
+	.venv/bin/mypy
+
+bench: install
+	$(PY) -m benchmarks.run
+
+clean:
+	rm -rf .venv .holdfast .pytest_cache .mypy_cache .ruff_cache
