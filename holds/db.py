@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 __all__ = ["Conn", "Executor"]
 
-# something a single transaction can run on
-Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
-# anything that can run one statement
-Executor: TypeAlias = asyncpg.Pool[Any] | Conn
+if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not subscriptable
+    from asyncpg.pool import PoolConnectionProxy
+
+    # something a single transaction can run on
+    Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
+    # anything that can run one statement
+    Executor: TypeAlias = asyncpg.Pool[Any] | Conn
+else:
+    Conn = Any
+    Executor = Any
