@@ -69,6 +69,11 @@ class Settings:
     # sha256(token) -> scopes; the tokens themselves are not kept
     admin_tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
     webhook_secrets: tuple[Secret, ...] = ()
+    # provider adapters: each a list, so a new secret can be added before the old one is retired
+    lithic_webhook_secrets: tuple[Secret, ...] = ()
+    marqeta_basic_auth: tuple[Secret, ...] = ()  # "user:password"
+    marqeta_hmac_secrets: tuple[Secret, ...] = ()
+    stripe_webhook_secrets: tuple[Secret, ...] = ()
     signature_tolerance_s: int = 300
     max_body_bytes: int = 64 * 1024
     decision_deadline_ms: int = 250
@@ -100,6 +105,10 @@ class Settings:
             environment=environment,
             admin_tokens=parse_admin_tokens(tokens_raw),
             webhook_secrets=webhook_secrets,
+            lithic_webhook_secrets=_secrets(env.get("HOLDFAST_LITHIC_WEBHOOK_SECRET", "")),
+            marqeta_basic_auth=_secrets(env.get("HOLDFAST_MARQETA_BASIC_AUTH", "")),
+            marqeta_hmac_secrets=_secrets(env.get("HOLDFAST_MARQETA_HMAC_SECRET", "")),
+            stripe_webhook_secrets=_secrets(env.get("HOLDFAST_STRIPE_WEBHOOK_SECRET", "")),
             signature_tolerance_s=_int(env, "HOLDFAST_SIGNATURE_TOLERANCE_S", 300, 1, 3600),
             max_body_bytes=_int(env, "HOLDFAST_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20),
             decision_deadline_ms=_int(env, "HOLDFAST_DECISION_DEADLINE_MS", 250, 10, 10_000),

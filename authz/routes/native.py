@@ -8,8 +8,8 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from authz.app import AUTHORIZER, CLOCK, METRICS, SETTINGS
-from authz.errors import BadRequest, Unauthorized
+from authz.app import AUTHORIZER, CLOCK, METRICS, POOL, SETTINGS
+from authz.errors import BadRequest, Conflict, Unauthorized
 from authz.hotpath import request_hash
 from authz.http import (
     json_response,
@@ -22,9 +22,10 @@ from authz.http import (
     req_str,
 )
 from authz.signatures import verify_native
+from clearing.inbox import store_event
 from policies.model import CHANNELS, AuthorizationRequest, Decision
 
-__all__ = ["decision_body", "parse_authorize", "routes"]
+__all__ = ["EVENT_TYPES", "decision_body", "parse_authorize", "parse_event", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -93,9 +94,8 @@ def decision_body(request_id: str, decision: Decision) -> dict[str, Any]:
     }
 
 
-@routes.post("/v1/authorize")
-async def authorize(request: web.Request) -> web.Response:
-    started = time.perf_counter()
+async def signed_body(request: web.Request) -> bytes:
+    """The raw body, once its native signature is verified (before anything parses it)."""
     app = request.app
     settings = app[SETTINGS]
     raw = await request.read()
@@ -105,11 +105,64 @@ async def authorize(request: web.Request) -> web.Response:
             app[CLOCK](), settings.signature_tolerance_s,
         )
     except Unauthorized as exc:
-        app[METRICS].auth_failures.labels("/v1/authorize", exc.code).inc()
+        app[METRICS].auth_failures.labels(request.path, exc.code).inc()
         raise
-    req = parse_authorize(parse_json_object(raw))
+    return raw
+
+
+@routes.post("/v1/authorize")
+async def authorize(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    app = request.app
+    req = parse_authorize(parse_json_object(await signed_body(request)))
     decision = await app[AUTHORIZER].authorize(req)
     app[METRICS].observe_decision(
         PROVIDER, decision.approved, decision.reason.label, time.perf_counter() - started
     )
     return json_response(decision_body(req.provider_id, decision))
+
+
+EVENT_TYPES: Final = frozenset({
+    "authorization.reversal", "authorization.clearing", "authorization.expiry", "refund",
+    "chargeback", "chargeback.reversal",
+})
+# events that only make sense against an authorisation we decided
+_NEEDS_AUTHORIZATION: Final = frozenset({
+    "authorization.reversal", "authorization.expiry", "chargeback", "chargeback.reversal",
+})
+
+
+def parse_event(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate a native lifecycle event; returns the canonical payload stored in the inbox."""
+    event_id = req_id(body, "id")
+    event_type = req_str(body, "type", 64)
+    if event_type not in EVENT_TYPES:
+        raise BadRequest("invalid_event_type", f"type must be one of {sorted(EVENT_TYPES)}")
+    authorization_id = req_id(body, "authorization_id") if body.get("authorization_id") else None
+    card_id = req_id(body, "card_id") if body.get("card_id") else None
+    if event_type in _NEEDS_AUTHORIZATION and authorization_id is None:
+        raise BadRequest("missing_field", f"authorization_id is required for {event_type}")
+    if authorization_id is None and card_id is None:
+        raise BadRequest("missing_field", "authorization_id or card_id is required")
+    amount = req_amount(body, allow_zero=event_type == "authorization.expiry")
+    currency = req_currency(body)
+    return {
+        "id": event_id,
+        "type": event_type,
+        "authorization_id": authorization_id,
+        "card_id": card_id,
+        "amount": amount,
+        "currency": currency,
+        "final": opt_bool(body, "final"),
+    }
+
+
+@routes.post("/v1/events")
+async def events(request: web.Request) -> web.Response:
+    app = request.app
+    event = parse_event(parse_json_object(await signed_body(request)))
+    stored = await store_event(app[POOL], PROVIDER, event["id"], event["type"], event)
+    if stored.status == "conflict":
+        raise Conflict("idempotency_conflict",
+                       "this event id was received before with a different body")
+    return json_response({"id": event["id"], "status": stored.status}, status=202)
