@@ -76,6 +76,18 @@ def spec() -> dict[str, Any]:
                 "approved_amount": {"type": "integer"}, "reason": {"type": "string"},
                 "code": {"type": "string", "pattern": "^[0-9]{2}$"},
                 "stand_in": {"type": "boolean"}, "authorization_id": _ID}},
+        "Event": {
+            "type": "object", "required": ["id", "type", "amount", "currency"],
+            "properties": {
+                "id": _ID,
+                "type": {"enum": ["authorization.reversal", "authorization.clearing",
+                                  "authorization.expiry", "refund", "chargeback",
+                                  "chargeback.reversal"]},
+                "authorization_id": _ID, "card_id": _ID,
+                "amount": {"type": "integer", "minimum": 0, "maximum": 10**15},
+                "currency": _CURRENCY, "final": {"type": "boolean"}}},
+        "EventAck": {"type": "object", "required": ["id", "status"], "properties": {
+            "id": _ID, "status": {"enum": ["accepted", "duplicate"]}}},
         "AccountCreate": {
             "type": "object", "required": ["id", "currency"],
             "properties": {"id": _ID, "currency": _CURRENCY,
@@ -131,6 +143,10 @@ def spec() -> dict[str, Any]:
             "Decide a card authorisation and place its hold",
             {"200": _json(_ref("AuthorizeResponse"))}, 400, 401, 413,
             body="AuthorizeRequest", security="holdfastSignature")},
+        "/v1/events": {"post": _op(
+            "Record a lifecycle event (stored, then applied by the consumers)",
+            {"202": _json(_ref("EventAck"))}, 400, 401, 409, 413,
+            body="Event", security="holdfastSignature")},
         "/v1/accounts": {"post": _op(
             "Create an account (same id and body again: 200)",
             {"201": _json(_ref("Account")), "200": _json(_ref("Account"))}, 400, 401, 403, 409,
