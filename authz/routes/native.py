@@ -47,10 +47,10 @@ def parse_authorize(body: dict[str, Any]) -> AuthorizationRequest:
         raise BadRequest("invalid_field", "merchant must be an object")
     merchant_id = req_str(merchant, "id", 64, "merchant.")
     merchant_name = opt_str(merchant, "name", 128, "merchant.") or ""
-    mcc = req_str(merchant, "mcc", 4, "merchant.")
+    mcc = req_str(merchant, "mcc", 16, "merchant.")
     if not _MCC_RE.match(mcc):
         raise BadRequest("invalid_mcc", "merchant.mcc must be four digits (ISO 18245)")
-    country = req_str(merchant, "country", 2, "merchant.")
+    country = req_str(merchant, "country", 16, "merchant.")
     if not _COUNTRY_RE.match(country):
         raise BadRequest("invalid_country", "merchant.country must be ISO 3166 alpha-2 (e.g. GB)")
     channel = req_str(body, "channel", 16)

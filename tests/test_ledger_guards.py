@@ -1,0 +1,172 @@
+"""The ledger's own guards: PostgreSQL refuses an unbalanced transaction and any change to the
+journal; ``holdfast verify`` finds every kind of corruption and exits non-zero. Corruption is
+made in a scratch database of its own, never in the shared test database."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from holds import ledger
+from holds.migrate import migrate
+from holds.verify import CHECKS, verify
+from tests.conftest import PG_ADMIN_URL, RUN_ID, _db_url
+
+
+@pytest.fixture
+async def scratch() -> AsyncIterator[tuple[str, asyncpg.Connection]]:
+    name = f"holdfast_test_{RUN_ID}_scratch"
+    admin = await asyncpg.connect(PG_ADMIN_URL)
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = _db_url(name)
+    conn = await asyncpg.connect(url)
+    await migrate(conn)
+    await _seed(conn)
+    try:
+        yield url, conn
+    finally:
+        await conn.close()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def _seed(conn: asyncpg.Connection) -> None:
+    """One funded account, one card, one approved authorisation with its hold."""
+    await ledger.create_account(conn, "acct-1", "customer", "GBP", 0)
+    result = await ledger.deposit(conn, "k1", "acct-1", 10_000, None, "h")
+    assert result.status == "created"
+    await conn.execute("INSERT INTO cards (id, account_id, state) VALUES ('card-1', 'acct-1', "
+                       "'active')")
+    await conn.execute("INSERT INTO card_policies (card_id, version, policy) VALUES "
+                       "('card-1', 1, '{}')")
+    now = dt.datetime.now(dt.UTC)
+    auth = await ledger.authorize(
+        conn, provider="native", provider_id="auth-1", sequence=0, authorization_id="auth-1",
+        parent_id=None, card_id="card-1", amount_minor=2_500, currency="GBP",
+        partial_allowed=False, rule_reason=None, policy_version=1, counters=None,
+        request_hash="h1", now=now, hold_expires=now + dt.timedelta(days=7), merchant_id="m",
+        merchant_name="", mcc="5812", country="GB", channel="pos", stand_in=False,
+        stand_in_cap_minor=0,
+    )
+    assert (auth.status, auth.approved) == ("new", True)
+
+
+async def _checks_failing(conn: asyncpg.Connection) -> set[str]:
+    report = await verify(conn)
+    return {v.check for v in report.violations}
+
+
+async def test_a_clean_ledger_verifies(scratch: tuple[str, asyncpg.Connection]) -> None:
+    _, conn = scratch
+    report = await verify(conn)
+    assert report.ok and report.checks_run == len(CHECKS)
+
+
+async def test_unbalanced_transaction_is_refused_at_commit(
+    scratch: tuple[str, asyncpg.Connection],
+) -> None:
+    _, conn = scratch
+    with pytest.raises(asyncpg.PostgresError, match="unbalanced ledger transaction"):
+        async with conn.transaction():
+            tx = await conn.fetchval(
+                "INSERT INTO ledger_transactions (kind) VALUES ('test') RETURNING id")
+            await conn.execute("INSERT INTO postings (transaction_id, account_id, currency, "
+                               "amount) VALUES ($1, 'acct-1', 'GBP', 500)", tx)
+    assert await _checks_failing(conn) == set()
+
+
+async def test_posting_in_a_foreign_currency_is_refused(
+    scratch: tuple[str, asyncpg.Connection],
+) -> None:
+    _, conn = scratch
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        async with conn.transaction():
+            tx = await conn.fetchval(
+                "INSERT INTO ledger_transactions (kind) VALUES ('test') RETURNING id")
+            await conn.execute("INSERT INTO postings (transaction_id, account_id, currency, "
+                               "amount) VALUES ($1, 'acct-1', 'EUR', 500), "
+                               "($1, 'settlement-GBP', 'EUR', -500)", tx)
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE postings SET amount = amount + 1",
+    "DELETE FROM postings",
+    "TRUNCATE postings CASCADE",
+    "UPDATE ledger_transactions SET reference = 'x'",
+    "DELETE FROM ledger_transactions",
+])
+async def test_the_journal_is_append_only(scratch: tuple[str, asyncpg.Connection],
+                                          statement: str) -> None:
+    _, conn = scratch
+    with pytest.raises(asyncpg.PostgresError, match="append-only"):
+        await conn.execute(statement)
+
+
+async def test_hold_parts_must_add_up(scratch: tuple[str, asyncpg.Connection]) -> None:
+    _, conn = scratch
+    with pytest.raises(asyncpg.CheckViolationError):
+        await conn.execute("UPDATE holds SET remaining = remaining - 1")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        ("UPDATE accounts SET posted = posted + 1 WHERE id = 'acct-1'", {"posted"}),
+        ("UPDATE accounts SET held = held + 7 WHERE id = 'acct-1'", {"held"}),
+        ("UPDATE accounts SET held = held + 20000 WHERE id = 'acct-1'", {"held", "overdraft"}),
+        ("UPDATE holds SET authorized = authorized + 5, remaining = remaining + 5",
+         {"held", "hold_matches_approvals"}),
+        ("UPDATE authorizations SET approved_amount = 1", {"hold_matches_approvals"}),
+        ("UPDATE authorizations SET state = 'declined'", {"declined_without_hold"}),
+        ("INSERT INTO accounts (id, kind, currency) VALUES ('acct-2', 'customer', 'GBP');"
+         "UPDATE holds SET account_id = 'acct-2'", {"held", "hold_account"}),
+        ("ALTER TABLE postings DISABLE TRIGGER postings_append_only", {"journal_guards"}),
+    ],
+)
+async def test_verify_finds_each_kind_of_corruption(
+    scratch: tuple[str, asyncpg.Connection], tamper: str, expected: set[str],
+) -> None:
+    _, conn = scratch
+    await conn.execute(tamper)
+    assert await _checks_failing(conn) == expected
+
+
+async def test_verify_finds_an_unbalanced_journal_written_around_the_guard(
+    scratch: tuple[str, asyncpg.Connection],
+) -> None:
+    _, conn = scratch
+    await conn.execute("ALTER TABLE postings DISABLE TRIGGER postings_balanced")
+    tx = await conn.fetchval("INSERT INTO ledger_transactions (kind) VALUES ('x') RETURNING id")
+    await conn.execute("INSERT INTO postings (transaction_id, account_id, currency, amount) "
+                       "VALUES ($1, 'acct-1', 'GBP', 1)", tx)
+    await conn.execute("UPDATE accounts SET posted = posted + 1 WHERE id = 'acct-1'")
+    assert await _checks_failing(conn) == {"balanced", "journal_guards"}
+
+
+async def _cli_verify(url: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "authz.cli", "verify",
+        env={**os.environ, "HOLDFAST_DATABASE_URL": url},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode()
+
+
+async def test_cli_verify_exit_codes(scratch: tuple[str, asyncpg.Connection]) -> None:
+    url, conn = scratch
+    code, out = await _cli_verify(url)
+    assert code == 0, out
+    assert "invariants hold" in out
+    await conn.execute("UPDATE accounts SET held = held + 1 WHERE id = 'acct-1'")
+    code, out = await _cli_verify(url)
+    assert code == 1
+    assert "[held] account acct-1: held 2501 but open holds total 2500" in out
