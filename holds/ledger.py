@@ -132,13 +132,19 @@ async def create_account(
 
 
 async def get_account(db: Executor, account_id: str) -> Account | None:
-    row = await db.fetchrow(f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id)
+    """The account with deltas not yet rolled up counted in (settlement accounts)."""
+    row = await db.fetchrow(
+        "SELECT id, kind, currency, held, overdraft_limit, posted + coalesce("
+        "(SELECT sum(amount) FROM account_deltas d WHERE d.account_id = a.id), 0)::bigint AS posted"
+        " FROM accounts a WHERE id = $1",
+        account_id,
+    )
     return None if row is None else _account(row)
 
 
 @dataclass(frozen=True, slots=True)
 class DepositResult:
-    status: str  # 'created' | 'replay' | 'conflict' | 'unknown_account'
+    status: str  # 'created' | 'replay' | 'conflict' | 'unknown_account' | 'wrong_kind'
     transaction_id: int | None
     account_id: str
     amount_minor: int

@@ -45,13 +45,15 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
         SELECT format('transaction %s: %s postings sum to %s', transaction_id, currency,
                       sum(amount))
           FROM postings GROUP BY transaction_id, currency HAVING sum(amount) <> 0"""),
-    ("posted", "account posted = sum of its postings", """
-        SELECT format('account %s: posted %s but postings sum to %s', a.id, a.posted,
-                      coalesce(p.total, 0))
+    ("posted", "account posted + pending deltas = sum of its postings", """
+        SELECT format('account %s: posted %s (+%s pending) but postings sum to %s', a.id,
+                      a.posted, coalesce(d.total, 0), coalesce(p.total, 0))
           FROM accounts a
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM postings GROUP BY account_id) p
             ON p.account_id = a.id
-         WHERE a.posted <> coalesce(p.total, 0)"""),
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM account_deltas
+                      GROUP BY account_id) d ON d.account_id = a.id
+         WHERE a.posted + coalesce(d.total, 0) <> coalesce(p.total, 0)"""),
     ("held", "account held = sum of the remaining amounts of its open holds", """
         SELECT format('account %s: held %s but open holds total %s', a.id, a.held,
                       coalesce(h.total, 0))

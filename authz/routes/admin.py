@@ -119,6 +119,8 @@ async def deposit(request: web.Request) -> web.Response:
     )
     if result.status == "unknown_account":
         raise NotFound("unknown_account", "no such account")
+    if result.status == "wrong_kind":
+        raise Conflict("wrong_account_kind", "settlement accounts are not funded by deposits")
     if result.status == "conflict":
         raise Conflict("idempotency_conflict",
                        "this Idempotency-Key was used with a different body")

@@ -42,6 +42,18 @@ CREATE TABLE postings (
 CREATE INDEX postings_transaction ON postings (transaction_id);
 CREATE INDEX postings_account ON postings (account_id, id);
 
+-- Pending changes to the posted balance of settlement accounts. Every card and deposit touches the
+-- settlement account of its currency; updating that one row in each transaction would serialise
+-- them all, so its side is journalled in `postings` at once and its `posted` counter is brought
+-- up to date in batches (hf_rollup_deltas). Invariant: posted + pending deltas = sum(postings).
+CREATE TABLE account_deltas (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id  text NOT NULL REFERENCES accounts (id),
+    amount      bigint NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX account_deltas_account ON account_deltas (account_id);
+
 CREATE FUNCTION hf_check_balanced() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     bad record;
@@ -77,14 +89,56 @@ CREATE TRIGGER ledger_transactions_append_only BEFORE UPDATE OR DELETE ON ledger
 CREATE TRIGGER ledger_transactions_no_truncate BEFORE TRUNCATE ON ledger_transactions
     FOR EACH STATEMENT EXECUTE FUNCTION hf_refuse_change();
 
--- One settlement account per currency is the counterparty of deposits (and, later, of clearing).
+-- One settlement account per currency is the counterparty of deposits and card postings.
 CREATE FUNCTION hf_settlement_account(p_currency text) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     v_id text := 'settlement-' || p_currency;
 BEGIN
-    INSERT INTO accounts (id, kind, currency) VALUES (v_id, 'settlement', p_currency)
-        ON CONFLICT (id) DO NOTHING;
+    IF NOT EXISTS (SELECT 1 FROM accounts WHERE id = v_id) THEN
+        INSERT INTO accounts (id, kind, currency) VALUES (v_id, 'settlement', p_currency)
+            ON CONFLICT (id) DO NOTHING;
+    END IF;
     RETURN v_id;
+END $$;
+
+-- A balanced two-leg transfer between an account (locked by the caller) and the settlement
+-- account of its currency: p_amount > 0 credits the account, < 0 debits it. The account's posted
+-- balance is updated now; the settlement side goes through account_deltas.
+CREATE FUNCTION hf_transfer(p_kind text, p_key text, p_request_hash text, p_account text,
+                            p_currency text, p_amount bigint, p_forced boolean,
+                            p_reference text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_settlement text := hf_settlement_account(p_currency);
+    v_tx bigint;
+BEGIN
+    INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, reference, forced)
+        VALUES (p_kind, p_key, p_request_hash, p_reference, p_forced) RETURNING id INTO v_tx;
+    INSERT INTO postings (transaction_id, account_id, currency, amount) VALUES
+        (v_tx, p_account, p_currency, p_amount),
+        (v_tx, v_settlement, p_currency, -p_amount);
+    UPDATE accounts a SET posted = a.posted + p_amount, updated_at = now() WHERE a.id = p_account;
+    INSERT INTO account_deltas (account_id, amount) VALUES (v_settlement, -p_amount);
+    RETURN v_tx;
+END $$;
+
+-- Apply up to p_limit pending deltas; returns how many were applied.
+CREATE FUNCTION hf_rollup_deltas(p_limit integer) RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    WITH taken AS (
+        DELETE FROM account_deltas WHERE id IN (
+            SELECT id FROM account_deltas ORDER BY id LIMIT p_limit FOR UPDATE SKIP LOCKED)
+        RETURNING account_id, amount
+    ), sums AS (
+        SELECT account_id, sum(amount) AS total, count(*) AS n FROM taken GROUP BY account_id
+    ), applied AS (
+        UPDATE accounts a SET posted = a.posted + s.total, updated_at = now()
+          FROM sums s WHERE a.id = s.account_id RETURNING s.n
+    )
+    SELECT coalesce(sum(n), 0) INTO v_count FROM applied;
+    RETURN v_count;
 END $$;
 
 -- Deposit: funds a customer account from the settlement account of its currency.
@@ -97,21 +151,22 @@ LANGUAGE plpgsql AS $$
 DECLARE
     acct accounts%ROWTYPE;
     prior ledger_transactions%ROWTYPE;
-    v_settlement text;
     v_tx bigint;
 BEGIN
     IF p_amount <= 0 THEN
         RAISE EXCEPTION 'deposit amount must be positive' USING ERRCODE = 'HF003';
     END IF;
-    SELECT * INTO acct FROM accounts a WHERE a.id = p_account;
+    SELECT * INTO acct FROM accounts a WHERE a.id = p_account FOR UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown_account'::text, NULL::bigint, p_account, p_amount,
             NULL::text, p_reference, NULL::timestamptz;
         RETURN;
     END IF;
-    v_settlement := hf_settlement_account(acct.currency);
-    -- fixed lock order: accounts by id
-    PERFORM 1 FROM accounts a WHERE a.id IN (p_account, v_settlement) ORDER BY a.id FOR UPDATE;
+    IF acct.kind = 'settlement' THEN
+        RETURN QUERY SELECT 'wrong_kind'::text, NULL::bigint, p_account, p_amount,
+            acct.currency::text, p_reference, NULL::timestamptz;
+        RETURN;
+    END IF;
     SELECT * INTO prior FROM ledger_transactions t WHERE t.idempotency_key = p_key;
     IF FOUND THEN
         RETURN QUERY SELECT
@@ -119,13 +174,8 @@ BEGIN
             prior.id, p_account, p_amount, acct.currency::text, prior.reference, prior.created_at;
         RETURN;
     END IF;
-    INSERT INTO ledger_transactions (kind, idempotency_key, request_hash, reference)
-        VALUES ('deposit', p_key, p_request_hash, p_reference) RETURNING id INTO v_tx;
-    INSERT INTO postings (transaction_id, account_id, currency, amount) VALUES
-        (v_tx, p_account, acct.currency, p_amount),
-        (v_tx, v_settlement, acct.currency, -p_amount);
-    UPDATE accounts a SET posted = a.posted + p_amount, updated_at = now() WHERE a.id = p_account;
-    UPDATE accounts a SET posted = a.posted - p_amount, updated_at = now() WHERE a.id = v_settlement;
+    v_tx := hf_transfer('deposit', p_key, p_request_hash, p_account, acct.currency, p_amount,
+                        false, p_reference);
     RETURN QUERY SELECT 'created'::text, v_tx, p_account, p_amount, acct.currency::text,
         p_reference, now();
 END $$;
