@@ -1,9 +1,10 @@
-"""``holdfast`` command line: migrate, serve, verify, demo."""
+"""``holdfast`` command line: migrate, serve, verify, demo, consumers, sweep, events."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import os
 import signal
 import sys
@@ -12,9 +13,15 @@ from urllib.parse import urlparse
 
 import asyncpg
 from aiohttp import web
+from prometheus_client import start_http_server
 
+from authz.app import create_pool, make_app
 from authz.logs import setup_logging
 from authz.settings import Settings, SettingsError
+from clearing.consumer import Consumer, ConsumerConfig, retry_event
+from clearing.handlers import HoldWindows
+from clearing.metrics import ConsumerMetrics
+from clearing.sweep import sweep
 from holds.migrate import migrate
 from holds.verify import verify
 
@@ -68,8 +75,6 @@ async def _verify(settings: Settings) -> int:
 
 
 async def _serve(settings: Settings) -> int:
-    from authz.app import make_app
-
     app = make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
@@ -83,6 +88,65 @@ async def _serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    return 0
+
+
+def _consumer_config(settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        sweep_interval_s=settings.sweep_interval_s,
+        sweep_batch_size=settings.sweep_batch_size,
+        windows=HoldWindows(settings.hold_window_s, settings.hold_window_long_s),
+    )
+
+
+async def _consumers(settings: Settings) -> int:
+    pool = await create_pool(settings, size=4)
+    metrics = ConsumerMetrics()
+    start_http_server(settings.consumer_metrics_port, addr=settings.host,
+                      registry=metrics.registry)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"holdfast consumers running (pid {os.getpid()}, metrics on "
+          f":{settings.consumer_metrics_port})", flush=True)
+    try:
+        await Consumer(pool, _consumer_config(settings), metrics).run(stop)
+    finally:
+        await pool.close()
+    return 0
+
+
+async def _sweep(settings: Settings) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        result = await sweep(conn, dt.datetime.now(dt.UTC), settings.sweep_batch_size)
+    finally:
+        await conn.close()
+    print(f"expired {result.holds} hold(s) releasing {result.amount_minor} minor units in "
+          f"{result.batches} batch(es), {result.seconds:.2f} s")
+    return 0
+
+
+async def _events(settings: Settings, action: str, inbox_id: int | None) -> int:
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        if action == "retry":
+            if inbox_id is None or not await retry_event(conn, inbox_id):
+                print(f"no quarantined event with id {inbox_id}", file=sys.stderr)
+                return 1
+            print(f"event {inbox_id} queued again")
+            return 0
+        rows = await conn.fetch(
+            "SELECT id, provider, provider_event_id, type, attempts, quarantine_reason,"
+            " received_at FROM inbox_events WHERE status = 'quarantined' ORDER BY id")
+    finally:
+        await conn.close()
+    for r in rows:
+        print(f"{r['id']}\t{r['provider']}\t{r['provider_event_id']}\t{r['type']}\t"
+              f"attempts={r['attempts']}\t{r['received_at']:%Y-%m-%dT%H:%M:%SZ}\t"
+              f"{r['quarantine_reason']}")
+    print(f"{len(rows)} quarantined event(s)")
     return 0
 
 
@@ -108,6 +172,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="run the HTTP server")
     sub.add_parser("verify", help="prove the ledger invariants; exit 1 on any violation")
     sub.add_parser("demo", help="seed demo accounts and cards (idempotent)")
+    sub.add_parser("consumers", help="apply inbox events and sweep expired holds, until stopped")
+    sub.add_parser("sweep", help="release every hold past its window now, then exit")
+    ev = sub.add_parser("events", help="quarantined events: list them or retry one")
+    ev.add_argument("action", choices=["quarantined", "retry"])
+    ev.add_argument("inbox_id", nargs="?", type=int)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -124,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(_serve(settings))
         if args.command == "demo":
             return _run(_demo(settings))
+        if args.command == "consumers":
+            return _run(_consumers(settings))
+        if args.command == "sweep":
+            return _run(_sweep(settings))
+        if args.command == "events":
+            return _run(_events(settings, args.action, args.inbox_id))
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"holdfast {args.command}: cannot reach a dependency: {exc}", file=sys.stderr)
         return 2

@@ -143,6 +143,7 @@ class Authorizer:
                     merchant_id=req.merchant_id, merchant_name=req.merchant_name, mcc=req.mcc,
                     country=req.country, channel=req.channel, stand_in=verdict is None,
                     stand_in_cap_minor=self._settings.stand_in_max_amount_minor,
+                    counted=verdict is not None and verdict.kind == "ok",
                 )
             except asyncpg.UniqueViolationError:
                 # a concurrent request with the same identity but another card committed first;
@@ -154,17 +155,21 @@ class Authorizer:
     def _give_back(
         self, req: AuthorizationRequest, verdict: Verdict, result: ledger.AuthorizeResult
     ) -> None:
-        """Counters must reflect money actually held. Schedule the difference to be given back
-        off the response path (a crash here only leaves counters too high: fails safe)."""
-        count = 0 if req.parent_id else 1
-        if verdict.kind == "ok" and result.status != "new":
-            amount = req.amount_minor  # counted now for a replay or a conflict: all of it
-        elif result.status == "new" and verdict.kind in ("ok", "dup") and verdict.reason is None:
-            # counted (now or by the first attempt) but not all held
-            amount = req.amount_minor - result.approved_amount_minor
-            count = count if not result.approved else 0
-        else:
+        """Counters must reflect money actually held, counted once. Only the attempt that
+        counted (verdict ``ok``) settles them; a duplicate attempt never does, so if the counting
+        attempt died the counters stay too high: that fails safe. The give-back runs off the
+        response path."""
+        if verdict.kind != "ok":
             return
+        count = 0 if req.parent_id else 1
+        if result.status == "new" or (result.status == "replay" and not result.counted):
+            # this attempt's count stands behind the decision: give back what was not held
+            amount = req.amount_minor - result.approved_amount_minor
+            count = 0 if result.approved else count
+        else:
+            # a conflict, or a replay of a decision already counted (the dedupe key expired):
+            # this attempt counted twice
+            amount = req.amount_minor
         if amount <= 0 and count == 0:
             return
         task = asyncio.create_task(self._release(req.card_id, verdict.buckets, amount, count))

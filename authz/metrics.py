@@ -65,6 +65,11 @@ class Metrics:
             "holdfast_policy_cache_loads_total", "Policy cache misses loaded from PostgreSQL",
             registry=r,
         )
+        self.provider_unknown_values = Counter(
+            "holdfast_provider_unknown_values_total",
+            "Provider enum values (status, type, method) this version does not know",
+            ["provider", "field"], registry=r,
+        )
         self._decision: dict[tuple[str, str], Histogram] = {}
         self._reason: dict[tuple[str, str], Counter] = {}
         self._redis: dict[str, Histogram] = {}

@@ -6,6 +6,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+from clearing.events import EVENT_TYPES
+
 __all__ = ["spec"]
 
 _ID = {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,64}$"}
@@ -80,9 +82,7 @@ def spec() -> dict[str, Any]:
             "type": "object", "required": ["id", "type", "amount", "currency"],
             "properties": {
                 "id": _ID,
-                "type": {"enum": ["authorization.reversal", "authorization.clearing",
-                                  "authorization.expiry", "refund", "chargeback",
-                                  "chargeback.reversal"]},
+                "type": {"enum": sorted(EVENT_TYPES)},
                 "authorization_id": _ID, "card_id": _ID,
                 "amount": {"type": "integer", "minimum": 0, "maximum": 10**15},
                 "currency": _CURRENCY, "final": {"type": "boolean"}}},

@@ -84,6 +84,9 @@ class Settings:
     hold_window_s: int = 7 * 86400
     hold_window_long_s: int = 30 * 86400
     stand_in_max_amount_minor: int = 10_000
+    sweep_interval_s: int = 60
+    sweep_batch_size: int = 1000
+    consumer_metrics_port: int = 9108
     log_level: str = "INFO"
 
     @classmethod
@@ -122,6 +125,9 @@ class Settings:
             stand_in_max_amount_minor=_int(
                 env, "HOLDFAST_STAND_IN_MAX_AMOUNT", 10_000, 0, 10**15
             ),
+            sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
+            sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
+            consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),
         )
 

@@ -5,6 +5,7 @@ consumers apply events later."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,8 +17,8 @@ from policies.pan import scrub
 __all__ = ["StoreResult", "store_event"]
 
 _INSERT = """
-INSERT INTO inbox_events (provider, provider_event_id, type, payload, payload_hash)
-VALUES ($1, $2, $3, $4::jsonb, $5)
+INSERT INTO inbox_events (provider, provider_event_id, type, payload, payload_hash, canonical)
+VALUES ($1, $2, $3, $4::jsonb, $5, $6::jsonb)
 ON CONFLICT (provider, provider_event_id) DO NOTHING
 RETURNING id"""
 
@@ -31,12 +32,16 @@ class StoreResult:
 
 
 async def store_event(
-    db: Executor, provider: str, provider_event_id: str, event_type: str, payload: Any
+    db: Executor, provider: str, provider_event_id: str, event_type: str, payload: Any,
+    canonical: Mapping[str, Any] | None = None,
 ) -> StoreResult:
+    """Store the event. ``canonical`` is the adapter's mapping of it to a lifecycle event
+    (``clearing.events.LifecycleEvent.to_json()``); None for informational events."""
     clean = orjson.dumps(scrub(payload), option=orjson.OPT_SORT_KEYS)
     digest = hashlib.sha256(clean).hexdigest()
+    mapped = None if canonical is None else orjson.dumps(scrub(canonical)).decode()
     inbox_id = await db.fetchval(_INSERT, provider, provider_event_id, event_type,
-                                 clean.decode(), digest)
+                                 clean.decode(), digest, mapped)
     if inbox_id is not None:
         return StoreResult("accepted", inbox_id)
     row = await db.fetchrow(

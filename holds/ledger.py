@@ -28,9 +28,9 @@ __all__ = [
 
 
 _AUTHORIZE = (
-    "SELECT status, authorization_id, decision, approved_amount, reason, stand_in FROM "
+    "SELECT status, authorization_id, decision, approved_amount, reason, stand_in, counted FROM "
     "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
-    "$21,$22)"
+    "$21,$22,$23)"
 )
 
 
@@ -42,6 +42,8 @@ class AuthorizeResult:
     approved_amount_minor: int
     reason: str
     stand_in: bool
+    # whether the attempt that recorded the decision had counted it in the velocity counters
+    counted: bool
 
 
 async def authorize(
@@ -69,6 +71,7 @@ async def authorize(
     channel: str,
     stand_in: bool,
     stand_in_cap_minor: int,
+    counted: bool,
 ) -> AuthorizeResult:
     """Decide funds, record the decision and place (or raise) the hold, atomically."""
     row = await db.fetchrow(
@@ -76,7 +79,7 @@ async def authorize(
         provider, provider_id, sequence, authorization_id, parent_id, card_id, amount_minor,
         currency, partial_allowed, rule_reason, policy_version, counters, request_hash, now,
         hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in,
-        stand_in_cap_minor,
+        stand_in_cap_minor, counted,
     )
     if row is None:  # the function always returns one row
         raise RuntimeError("hf_authorize returned no row")
@@ -87,6 +90,7 @@ async def authorize(
         approved_amount_minor=row[3],
         reason=row[4],
         stand_in=row[5],
+        counted=row[6],
     )
 
 

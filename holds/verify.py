@@ -76,7 +76,8 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
          WHERE a.kind = 'customer' AND a.posted - a.held + a.overdraft_limit < 0
            AND NOT EXISTS (SELECT 1 FROM postings p JOIN ledger_transactions t
                              ON t.id = p.transaction_id
-                            WHERE p.account_id = a.id AND t.forced)"""),
+                            WHERE p.account_id = a.id AND t.forced)
+           AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.account_id = a.id AND h.forced)"""),
     ("one_decision", "each provider request identity has exactly one decision", """
         SELECT format('%s %s #%s: %s decisions', provider, provider_id, sequence, count(*))
           FROM authorization_requests GROUP BY provider, provider_id, sequence
@@ -99,11 +100,30 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
     ("declined_without_hold", "a declined authorisation holds nothing", """
         SELECT format('authorization %s is declined but has a hold', a.id)
           FROM authorizations a JOIN holds h ON h.id = a.id WHERE a.state = 'declined'"""),
+    ("posted_once", "a hold's posted amount = the clearings posted against it, each once", """
+        SELECT format('hold %s: posted %s but clearing operations total %s', h.id, h.posted,
+                      coalesce(o.total, 0))
+          FROM holds h
+          LEFT JOIN (SELECT authorization_id, sum(posted) AS total FROM ledger_operations
+                      WHERE kind = 'post' GROUP BY authorization_id) o
+            ON o.authorization_id = h.id
+         WHERE h.posted <> coalesce(o.total, 0)"""),
+    ("operation_postings", "every posting operation has exactly its balanced transaction", """
+        SELECT format('operation %s (%s): transaction %s moved %s on %s', o.op_id, o.kind,
+                      o.transaction_id, coalesce(p.amount, 0), o.account_id)
+          FROM ledger_operations o
+          LEFT JOIN postings p ON p.transaction_id = o.transaction_id
+                              AND p.account_id = o.account_id
+         WHERE o.kind IN ('post', 'refund', 'chargeback', 'chargeback_lost')
+           AND (o.transaction_id IS NULL OR p.amount IS DISTINCT FROM
+                CASE o.kind WHEN 'post' THEN -o.posted WHEN 'chargeback_lost' THEN -o.requested
+                            ELSE o.requested END)"""),
     ("journal_guards", "the journal's append-only and balance triggers are installed", """
         SELECT format('trigger %s is missing', t.name)
           FROM unnest(ARRAY['postings_balanced', 'postings_append_only', 'postings_no_truncate',
                             'ledger_transactions_append_only',
-                            'ledger_transactions_no_truncate']) AS t(name)
+                            'ledger_transactions_no_truncate',
+                            'ledger_operations_append_only']) AS t(name)
          WHERE NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = t.name AND tgenabled <> 'D')"""),
 )
 

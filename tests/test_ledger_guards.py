@@ -53,7 +53,7 @@ async def _seed(conn: asyncpg.Connection) -> None:
         partial_allowed=False, rule_reason=None, policy_version=1, counters=None,
         request_hash="h1", now=now, hold_expires=now + dt.timedelta(days=7), merchant_id="m",
         merchant_name="", mcc="5812", country="GB", channel="pos", stand_in=False,
-        stand_in_cap_minor=0,
+        stand_in_cap_minor=0, counted=False,
     )
     assert (auth.status, auth.approved) == ("new", True)
 

@@ -22,10 +22,11 @@ from authz.http import (
     req_str,
 )
 from authz.signatures import verify_native
+from clearing.events import EVENT_TYPES, NEEDS_AUTHORIZATION
 from clearing.inbox import store_event
 from policies.model import CHANNELS, AuthorizationRequest, Decision
 
-__all__ = ["EVENT_TYPES", "decision_body", "parse_authorize", "parse_event", "routes"]
+__all__ = ["decision_body", "parse_authorize", "parse_event", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -122,16 +123,6 @@ async def authorize(request: web.Request) -> web.Response:
     return json_response(decision_body(req.provider_id, decision))
 
 
-EVENT_TYPES: Final = frozenset({
-    "authorization.reversal", "authorization.clearing", "authorization.expiry", "refund",
-    "chargeback", "chargeback.reversal",
-})
-# events that only make sense against an authorisation we decided
-_NEEDS_AUTHORIZATION: Final = frozenset({
-    "authorization.reversal", "authorization.expiry", "chargeback", "chargeback.reversal",
-})
-
-
 def parse_event(body: dict[str, Any]) -> dict[str, Any]:
     """Validate a native lifecycle event; returns the canonical payload stored in the inbox."""
     event_id = req_id(body, "id")
@@ -140,10 +131,12 @@ def parse_event(body: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("invalid_event_type", f"type must be one of {sorted(EVENT_TYPES)}")
     authorization_id = req_id(body, "authorization_id") if body.get("authorization_id") else None
     card_id = req_id(body, "card_id") if body.get("card_id") else None
-    if event_type in _NEEDS_AUTHORIZATION and authorization_id is None:
+    if event_type in NEEDS_AUTHORIZATION and authorization_id is None:
         raise BadRequest("missing_field", f"authorization_id is required for {event_type}")
     if authorization_id is None and card_id is None:
         raise BadRequest("missing_field", "authorization_id or card_id is required")
+    if event_type == "authorization.advice" and card_id is None:
+        raise BadRequest("missing_field", "card_id is required for authorization.advice")
     amount = req_amount(body, allow_zero=event_type == "authorization.expiry")
     currency = req_currency(body)
     return {
@@ -161,7 +154,8 @@ def parse_event(body: dict[str, Any]) -> dict[str, Any]:
 async def events(request: web.Request) -> web.Response:
     app = request.app
     event = parse_event(parse_json_object(await signed_body(request)))
-    stored = await store_event(app[POOL], PROVIDER, event["id"], event["type"], event)
+    stored = await store_event(app[POOL], PROVIDER, event["id"], event["type"], event,
+                               canonical=event)
     if stored.status == "conflict":
         raise Conflict("idempotency_conflict",
                        "this event id was received before with a different body")

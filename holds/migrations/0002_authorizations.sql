@@ -67,6 +67,10 @@ CREATE TABLE authorization_requests (
     -- the velocity counters the decision saw, and the buckets it incremented
     counters         jsonb,
     request_hash     text NOT NULL,
+    -- whether the attempt that recorded this decision had counted it in the velocity counters
+    -- (a retry that overtook the counting attempt records it uncounted); the counting attempt,
+    -- replayed, uses it to settle the counters exactly once
+    counted          boolean NOT NULL DEFAULT false,
     decided_at       timestamptz NOT NULL,
     UNIQUE (provider, provider_id, sequence),
     CHECK ((decision = 'approve') = (approved_amount > 0))
@@ -130,9 +134,10 @@ CREATE FUNCTION hf_authorize(
     p_parent_id text, p_card_id text, p_amount bigint, p_currency text, p_partial boolean,
     p_rule_reason text, p_policy_version integer, p_counters jsonb, p_request_hash text,
     p_now timestamptz, p_hold_expires timestamptz, p_merchant_id text, p_merchant_name text,
-    p_mcc text, p_country text, p_channel text, p_stand_in boolean, p_stand_in_cap bigint)
+    p_mcc text, p_country text, p_channel text, p_stand_in boolean, p_stand_in_cap bigint,
+    p_counted boolean)
 RETURNS TABLE (status text, authorization_id text, decision text, approved_amount bigint,
-               reason text, stand_in boolean)
+               reason text, stand_in boolean, counted boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
     card cards%ROWTYPE;
@@ -161,10 +166,10 @@ BEGIN
     IF FOUND THEN
         IF prior.request_hash <> p_request_hash THEN
             RETURN QUERY SELECT 'conflict'::text, prior.authorization_id, 'decline'::text,
-                0::bigint, 'duplicate'::text, p_stand_in;
+                0::bigint, 'duplicate'::text, p_stand_in, false;
         ELSE
             RETURN QUERY SELECT 'replay'::text, prior.authorization_id, prior.decision,
-                prior.approved_amount, prior.reason, prior.stand_in;
+                prior.approved_amount, prior.reason, prior.stand_in, prior.counted;
         END IF;
         RETURN;
     END IF;
@@ -182,7 +187,7 @@ BEGIN
     END IF;
     IF NOT v_incremental AND EXISTS (SELECT 1 FROM authorizations a WHERE a.id = v_auth_id) THEN
         RETURN QUERY SELECT 'conflict'::text, v_auth_id, 'decline'::text, 0::bigint,
-            'duplicate'::text, p_stand_in;
+            'duplicate'::text, p_stand_in, false;
         RETURN;
     END IF;
 
@@ -233,11 +238,11 @@ BEGIN
 
     INSERT INTO authorization_requests (provider, provider_id, sequence, authorization_id, kind,
         amount, currency, partial_allowed, decision, approved_amount, reason, stand_in,
-        policy_version, counters, request_hash, decided_at)
+        policy_version, counters, request_hash, counted, decided_at)
     VALUES (p_provider, p_provider_id, p_sequence, v_auth_id,
         CASE WHEN p_parent_id IS NULL THEN 'initial' ELSE 'incremental' END, p_amount, p_currency,
         p_partial, CASE WHEN v_approved > 0 THEN 'approve' ELSE 'decline' END, v_approved,
-        v_reason, p_stand_in, p_policy_version, p_counters, p_request_hash, p_now);
+        v_reason, p_stand_in, p_policy_version, p_counters, p_request_hash, p_counted, p_now);
 
     IF v_approved > 0 THEN
         IF v_incremental THEN
@@ -256,5 +261,5 @@ BEGIN
 
     RETURN QUERY SELECT 'new'::text, v_auth_id,
         CASE WHEN v_approved > 0 THEN 'approve' ELSE 'decline' END, v_approved, v_reason,
-        p_stand_in;
+        p_stand_in, p_counted;
 END $$;

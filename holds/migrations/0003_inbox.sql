@@ -10,6 +10,9 @@ CREATE TABLE inbox_events (
     type              text NOT NULL,
     payload           jsonb NOT NULL,
     payload_hash      text NOT NULL,
+    -- the event in Holdfast's canonical lifecycle form, mapped by the adapter that received it
+    -- (NULL: informational, nothing to apply)
+    canonical         jsonb,
     received_at       timestamptz NOT NULL DEFAULT now(),
     status            text NOT NULL DEFAULT 'pending'
                       CHECK (status IN ('pending', 'applied', 'quarantined')),
@@ -19,7 +22,8 @@ CREATE TABLE inbox_events (
     UNIQUE (provider, provider_event_id)
 );
 CREATE INDEX inbox_events_pending ON inbox_events (id) WHERE status = 'pending';
-CREATE INDEX inbox_events_quarantined ON inbox_events (id) WHERE status = 'quarantined';
+CREATE INDEX inbox_events_quarantined ON inbox_events ((canonical ->> 'authorization_id'))
+    WHERE status = 'quarantined';
 
 CREATE FUNCTION hf_inbox_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -28,6 +32,7 @@ BEGIN
        OR NEW.type IS DISTINCT FROM OLD.type
        OR NEW.payload IS DISTINCT FROM OLD.payload
        OR NEW.payload_hash IS DISTINCT FROM OLD.payload_hash
+       OR NEW.canonical IS DISTINCT FROM OLD.canonical
        OR NEW.received_at IS DISTINCT FROM OLD.received_at THEN
         RAISE EXCEPTION 'inbox event % is immutable: only its processing state may change', OLD.id
             USING ERRCODE = 'HF002';
