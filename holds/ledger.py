@@ -179,8 +179,8 @@ async def deposit(
 
 
 async def get_authorization(db: Executor, authorization_id: str) -> dict[str, Any] | None:
-    """The authorisation (found by its id or by the id of any of its requests) with its hold
-    and the history of decisions."""
+    """The authorisation (found by its id or by the id of any of its requests) with its hold,
+    the history of its decisions and the lifecycle operations applied to it."""
     auth = await db.fetchrow(
         "SELECT a.*, h.state AS hold_state, h.authorized, h.posted AS hold_posted, h.released,"
         " h.remaining, h.expires_at"
@@ -199,4 +199,10 @@ async def get_authorization(db: Executor, authorization_id: str) -> dict[str, An
         "  FROM authorization_requests WHERE authorization_id = $1 ORDER BY id",
         auth["id"],
     )
-    return {"authorization": dict(auth), "history": [dict(r) for r in history]}
+    events = await db.fetch(
+        "SELECT op_id, kind, requested, posted, released, forced, created_at"
+        "  FROM ledger_operations WHERE authorization_id = $1 ORDER BY id",
+        auth["id"],
+    )
+    return {"authorization": dict(auth), "history": [dict(r) for r in history],
+            "events": [dict(r) for r in events]}

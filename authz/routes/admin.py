@@ -274,5 +274,17 @@ async def get_authorization(request: web.Request) -> web.Response:
             }
             for h in found["history"]
         ],
+        "events": [
+            {
+                "operation_id": e["op_id"],
+                "kind": e["kind"],
+                "amount": e["requested"],
+                "posted": e["posted"],
+                "released": e["released"],
+                "forced": e["forced"],
+                "applied_at": _iso(e["created_at"]),
+            }
+            for e in found["events"]
+        ],
     }
     return json_response(out)

@@ -1,0 +1,330 @@
+"""After the decision: worked examples in scheme language, applied by the real consumer from the
+real inbox, each ending with ``verify`` (conftest)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from clearing.consumer import Consumer, ConsumerConfig, requeue_quarantined
+from clearing.sweep import sweep
+from tests.support import Api, FakeClock, auth_body, uid
+
+
+@dataclass
+class World:
+    api: Api
+    db: asyncpg.Pool
+    consumer: Consumer
+    clock: FakeClock
+
+    async def event(self, type_: str, amount: int, authorization_id: str | None = None,
+                    card_id: str | None = None, final: bool = False,
+                    event_id: str | None = None, currency: str = "GBP") -> Any:
+        body: dict[str, Any] = {"id": event_id or uid("evt"), "type": type_, "amount": amount,
+                                "currency": currency, "final": final}
+        if authorization_id:
+            body["authorization_id"] = authorization_id
+        if card_id:
+            body["card_id"] = card_id
+        raw = orjson.dumps(body)
+        r = await self.api.raw("POST", "/v1/events", raw,
+                               {"Holdfast-Signature": self.api.sign(raw)})
+        assert r.status == 202, r.body
+        return r.body
+
+    async def consume(self) -> None:
+        """Apply everything pending, including what was waiting for its authorisation."""
+        await requeue_quarantined(self.db)
+        while await self.consumer.run_batch():
+            pass
+
+    async def authorize(self, card: str, amount: int, **extra: Any) -> str:
+        body = auth_body(card, amount, **extra)
+        r = await self.api.authorize_raw(orjson.dumps(body))
+        assert r.body["decision"] == "approve", r.body
+        return str(r.body["id"])
+
+    async def state(self, authorization_id: str) -> str:
+        r = await self.api.admin("GET", f"/v1/authorizations/{authorization_id}")
+        return str(r.body["state"])
+
+    async def inbox_status(self, event_id: str) -> tuple[str, str | None]:
+        row = await self.db.fetchrow(
+            "SELECT status, quarantine_reason FROM inbox_events WHERE provider = 'native'"
+            " AND provider_event_id = $1", event_id)
+        assert row is not None
+        return row["status"], row["quarantine_reason"]
+
+
+@pytest.fixture
+async def world(api: Api, db: asyncpg.Pool, clock: FakeClock) -> AsyncIterator[World]:
+    consumer = Consumer(db, ConsumerConfig(batch_size=500), clock=clock)
+    yield World(api, db, consumer, clock)
+
+
+async def funded_card(w: World, funds: int = 10_000) -> tuple[str, str]:
+    account = await w.api.account("GBP", funds=funds)
+    return account, await w.api.card(account)
+
+
+async def test_auth_partial_reversal_then_final_clearing(world: World) -> None:
+    """auth 250, partial reversal 100, clearing 150 -> posted 150, held 0."""
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 250)
+    await world.event("authorization.reversal", 100, auth)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 150,
+                                                 "available": 9_850}
+    assert await world.state(auth) == "partially_reversed"
+    await world.event("authorization.clearing", 150, auth, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_850, "held": 0, "available": 9_850}
+    r = await world.api.admin("GET", f"/v1/authorizations/{auth}")
+    assert (r.body["state"], r.body["cleared_amount"], r.body["reversed_amount"]) == (
+        "cleared", 150, 100)
+
+
+async def test_restaurant_tip_clears_above_the_hold(world: World) -> None:
+    """auth 50 at a restaurant, clearing 60 (tip) -> posted 60, flagged as over the hold."""
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 50, merchant={"mcc": "5812"})
+    await world.event("authorization.clearing", 60, auth, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_940, "held": 0, "available": 9_940}
+    hold = await world.db.fetchrow("SELECT posted, over_posted, state FROM holds WHERE id = $1",
+                                   auth)
+    assert hold is not None and tuple(hold) == (60, 10, "closed")
+    forced = await world.db.fetchval(
+        "SELECT t.forced FROM ledger_operations o JOIN ledger_transactions t"
+        " ON t.id = o.transaction_id WHERE o.authorization_id = $1", auth)
+    assert forced is True
+
+
+async def test_split_shipment_two_clearings(world: World) -> None:
+    """auth 100, clearings 40 then 60 (final) -> posted 100, held 0."""
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 100)
+    await world.event("authorization.clearing", 40, auth)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_960, "held": 60, "available": 9_900}
+    assert await world.state(auth) == "pending"
+    await world.event("authorization.clearing", 60, auth, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_900, "held": 0, "available": 9_900}
+    assert await world.state(auth) == "cleared"
+
+
+async def test_final_clearing_below_the_hold_releases_the_rest(world: World) -> None:
+    """auth 100 (fuel pre-auth), clearing 37 final -> posted 37, the other 63 released."""
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 100, merchant={"mcc": "5542"})
+    await world.event("authorization.clearing", 37, auth, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_963, "held": 0, "available": 9_963}
+
+
+async def test_clearing_before_its_authorisation_waits_for_it(world: World) -> None:
+    account, card = await funded_card(world)
+    body = auth_body(card, 300)
+    clearing = await world.event("authorization.clearing", 300, body["id"], final=True)
+    await world.consume()
+    assert await world.inbox_status(clearing["id"]) == ("quarantined", "unknown_authorization")
+    r = await world.api.authorize_raw(orjson.dumps(body))
+    assert r.body["decision"] == "approve"
+    await world.consume()
+    assert await world.inbox_status(clearing["id"]) == ("applied", None)
+    assert await world.api.balances(account) == {"posted": 9_700, "held": 0, "available": 9_700}
+
+
+async def test_duplicate_clearing_posts_once(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 500)
+    event_id = uid("evt")
+    first = await world.event("authorization.clearing", 500, auth, final=True, event_id=event_id)
+    again = await world.event("authorization.clearing", 500, auth, final=True, event_id=event_id)
+    assert (first["status"], again["status"]) == ("accepted", "duplicate")
+    await world.consume()
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_500, "held": 0, "available": 9_500}
+    assert await world.db.fetchval(
+        "SELECT count(*) FROM ledger_operations WHERE authorization_id = $1", auth) == 1
+
+
+async def test_hold_expires_after_seven_days_and_a_late_clearing_still_posts(
+    world: World, clock: FakeClock,
+) -> None:
+    """auth expires after 7 days, clearing arrives on day 9 -> posted anyway, flagged."""
+    account, card = await funded_card(world)
+    start = dt.datetime(2027, 5, 1, 12, 0, tzinfo=dt.UTC)
+    clock.set(start.timestamp())
+    auth = await world.authorize(card, 800)
+    lodging = await world.authorize(card, 1_000, merchant={"mcc": "7011"})
+    day8 = start + dt.timedelta(days=8)
+    result = await sweep(world.db, day8, batch_size=2)
+    assert result.holds >= 1
+    assert await world.state(auth) == "expired"
+    assert await world.state(lodging) == "pending"  # lodging holds live 30 days
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 1_000,
+                                                 "available": 9_000}
+    clock.set((start + dt.timedelta(days=9)).timestamp())
+    await world.event("authorization.clearing", 800, auth, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 9_200, "held": 1_000,
+                                                 "available": 8_200}
+    assert await world.state(auth) == "cleared"
+    # sweeping again changes nothing
+    again = await sweep(world.db, day8, batch_size=100)
+    assert await world.api.balances(account) == {"posted": 9_200, "held": 1_000,
+                                                 "available": 8_200}
+    assert again.holds == 0 or await world.state(lodging) == "pending"
+
+
+async def test_refund_after_clearing(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 2_000)
+    await world.event("authorization.clearing", 2_000, auth, final=True)
+    await world.event("refund", 500, auth)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 8_500, "held": 0, "available": 8_500}
+    assert await world.state(auth) == "cleared"
+
+
+async def test_refund_without_authorisation_credits_the_card(world: World) -> None:
+    account, card = await funded_card(world)
+    await world.event("refund", 700, card_id=card)
+    await world.consume()
+    assert (await world.api.balances(account))["posted"] == 10_700
+
+
+async def test_chargeback_won_keeps_the_provisional_credit(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 1_200)
+    await world.event("authorization.clearing", 1_200, auth, final=True)
+    await world.event("chargeback", 1_200, auth)
+    await world.consume()
+    assert (await world.api.balances(account))["posted"] == 10_000
+    dispute = await world.db.fetchval("SELECT state FROM disputes WHERE authorization_id = $1",
+                                      auth)
+    assert dispute == "provisional_credit"
+    await world.event("chargeback.won", 1_200, auth)
+    await world.consume()
+    assert (await world.api.balances(account))["posted"] == 10_000
+    assert await world.db.fetchval(
+        "SELECT state FROM disputes WHERE authorization_id = $1", auth) == "won"
+
+
+async def test_chargeback_lost_takes_the_credit_back(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 1_200)
+    await world.event("authorization.clearing", 1_200, auth, final=True)
+    await world.event("chargeback", 1_200, auth)
+    await world.consume()
+    await world.event("chargeback.reversal", 1_200, auth)
+    await world.consume()
+    assert (await world.api.balances(account))["posted"] == 8_800
+    assert await world.db.fetchval(
+        "SELECT state FROM disputes WHERE authorization_id = $1", auth) == "lost"
+
+
+async def test_dispute_events_out_of_order_are_quarantined(world: World) -> None:
+    _, card = await funded_card(world)
+    auth = await world.authorize(card, 100)
+    won = await world.event("chargeback.won", 100, auth)
+    await world.consume()
+    status, reason = await world.inbox_status(won["id"])
+    assert status == "quarantined" and reason and "cannot take chargeback.won" in reason
+
+
+async def test_full_reversal_releases_everything(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 900)
+    await world.event("authorization.reversal", 900, auth)
+    await world.event("authorization.reversal", 50, auth)  # nothing left: recorded, no effect
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 0,
+                                                 "available": 10_000}
+    assert await world.state(auth) == "reversed"
+
+
+async def test_force_post_without_authorisation(world: World) -> None:
+    account, card = await funded_card(world, funds=100)
+    await world.event("authorization.clearing", 400, card_id=card, final=True)
+    await world.consume()
+    # a force post is a network fact: posted even beyond the balance, and flagged
+    assert await world.api.balances(account) == {"posted": -300, "held": 0, "available": -300}
+
+
+async def test_advice_holds_even_beyond_funds(world: World) -> None:
+    account, card = await funded_card(world, funds=100)
+    auth_id = uid("advice")
+    await world.event("authorization.advice", 250, auth_id, card_id=card)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": 100, "held": 250, "available": -150}
+    await world.event("authorization.clearing", 250, auth_id, final=True)
+    await world.consume()
+    assert await world.api.balances(account) == {"posted": -150, "held": 0, "available": -150}
+
+
+async def test_clearing_of_a_declined_authorisation_is_a_force_post(world: World) -> None:
+    account, card = await funded_card(world, funds=100)
+    body = auth_body(card, 500)
+    r = await world.api.authorize_raw(orjson.dumps(body))
+    assert r.body["reason"] == "insufficient_funds"
+    await world.event("authorization.clearing", 500, body["id"], final=True)
+    await world.consume()
+    assert (await world.api.balances(account))["posted"] == -400
+    assert await world.state(body["id"]) == "declined"
+
+
+async def test_wrong_currency_is_quarantined_and_changes_nothing(world: World) -> None:
+    account, card = await funded_card(world)
+    auth = await world.authorize(card, 100)
+    ev = await world.event("authorization.clearing", 100, auth, final=True, currency="EUR")
+    await world.consume()
+    assert await world.inbox_status(ev["id"]) == ("quarantined", "currency_mismatch")
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 100,
+                                                 "available": 9_900}
+
+
+async def test_two_consumers_apply_each_event_exactly_once(world: World) -> None:
+    account, card = await funded_card(world, funds=1_000_000)
+    auths = [await world.authorize(card, 1_000) for _ in range(20)]
+    for auth in auths:
+        await world.event("authorization.clearing", 400, auth)
+        await world.event("authorization.reversal", 100, auth)
+        await world.event("authorization.clearing", 500, auth, final=True)
+    other = Consumer(world.db, ConsumerConfig(batch_size=500), clock=world.clock)
+
+    async def drain(c: Consumer) -> int:
+        total = 0
+        while n := await c.run_batch():
+            total += n
+        return total
+
+    done = await asyncio.gather(drain(world.consumer), drain(other))
+    assert sum(done) >= 60
+    assert await world.db.fetchval(
+        "SELECT count(*) FROM ledger_operations WHERE authorization_id = ANY($1)", auths) == 60
+    assert await world.api.balances(account) == {"posted": 1_000_000 - 20 * 900, "held": 0,
+                                                 "available": 1_000_000 - 20 * 900}
+
+
+async def test_authorisation_shows_its_whole_history(world: World) -> None:
+    _, card = await funded_card(world)
+    auth = await world.authorize(card, 400)
+    await world.authorize(card, 100, parent_id=auth)
+    await world.event("authorization.clearing", 450, auth, final=True)
+    await world.consume()
+    r = await world.api.admin("GET", f"/v1/authorizations/{auth}")
+    assert [h["kind"] for h in r.body["history"]] == ["initial", "incremental"]
+    assert [e["kind"] for e in r.body["events"]] == ["post"]
+    assert (r.body["approved_amount"], r.body["cleared_amount"], r.body["reversed_amount"],
+            r.body["held_amount"], r.body["state"]) == (500, 450, 50, 0, "cleared")
