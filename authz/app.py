@@ -3,6 +3,8 @@ and the Redis client, one error middleware, and the routes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -18,6 +20,7 @@ from authz.hotpath import Authorizer
 from authz.http import json_response
 from authz.metrics import Metrics
 from authz.settings import Settings
+from clearing.stats import read_stats
 from policies.cache import PolicyCache
 
 __all__ = [
@@ -86,10 +89,32 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[CACHE] = cache
     app[AUTHORIZER] = Authorizer(pool, cache, settings, app[METRICS], app[CLOCK])
+    stats = asyncio.create_task(_refresh_stats(pool, app[METRICS], settings.stats_interval_s))
     yield
+    stats.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stats
     await app[AUTHORIZER].drain()
     await client.aclose()
     await pool.close()
+
+
+async def _refresh_stats(pool: asyncpg.Pool, metrics: Metrics, interval_s: float) -> None:
+    """Keep the ledger gauges fresh; a failed read leaves the last values and logs."""
+    while True:
+        try:
+            stats = await read_stats(pool)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("could not refresh ledger stats: %s", type(exc).__name__)
+        else:
+            metrics.inbox_pending.set(stats.inbox_pending)
+            metrics.inbox_oldest_age.set(stats.inbox_oldest_pending_s)
+            metrics.quarantined.set(stats.quarantined)
+            metrics.sweep_lag.set(stats.oldest_due_hold_s)
+            for currency, (count, amount) in stats.open_holds.items():
+                metrics.open_holds.labels(currency).set(count)
+                metrics.open_holds_amount.labels(currency).set(amount)
+        await asyncio.sleep(interval_s)
 
 
 @web.middleware

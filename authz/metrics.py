@@ -70,6 +70,22 @@ class Metrics:
             "Provider enum values (status, type, method) this version does not know",
             ["provider", "field"], registry=r,
         )
+        # refreshed every HOLDFAST_STATS_INTERVAL_S by the server from PostgreSQL
+        self.inbox_pending = Gauge(
+            "holdfast_inbox_pending", "Inbox events waiting for a consumer", registry=r)
+        self.inbox_oldest_age = Gauge(
+            "holdfast_inbox_oldest_pending_age_seconds", "Age of the oldest pending inbox event",
+            registry=r)
+        self.quarantined = Gauge(
+            "holdfast_events_quarantined", "Inbox events parked in quarantine", registry=r)
+        self.open_holds = Gauge(
+            "holdfast_open_holds", "Open holds", ["currency"], registry=r)
+        self.open_holds_amount = Gauge(
+            "holdfast_open_holds_amount", "Amount held by open holds, minor units",
+            ["currency"], registry=r)
+        self.sweep_lag = Gauge(
+            "holdfast_sweep_lag_seconds", "How long the oldest hold past its window has waited",
+            registry=r)
         self._decision: dict[tuple[str, str], Histogram] = {}
         self._reason: dict[tuple[str, str], Counter] = {}
         self._redis: dict[str, Histogram] = {}

@@ -87,6 +87,7 @@ class Settings:
     sweep_interval_s: int = 60
     sweep_batch_size: int = 1000
     consumer_metrics_port: int = 9108
+    stats_interval_s: int = 15
     log_level: str = "INFO"
 
     @classmethod
@@ -128,6 +129,7 @@ class Settings:
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
+            stats_interval_s=_int(env, "HOLDFAST_STATS_INTERVAL_S", 15, 1, 3600),
             log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),
         )
 

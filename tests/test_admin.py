@@ -219,5 +219,7 @@ async def test_metrics_expose_decisions_and_call_latency(api: Api) -> None:
                  'holdfast_decisions_total{provider="native",reason="insufficient_funds"}',
                  'holdfast_decision_seconds_bucket{decision="approve"',
                  'holdfast_redis_call_seconds_count{op="decide"}',
-                 'holdfast_postgres_call_seconds_count{op="authorize"}'):
+                 'holdfast_postgres_call_seconds_count{op="authorize"}',
+                 "holdfast_inbox_pending ", "holdfast_inbox_oldest_pending_age_seconds ",
+                 "holdfast_events_quarantined ", "holdfast_sweep_lag_seconds "):
         assert name in text, name
