@@ -25,7 +25,9 @@ run: services
 	@set -a; [ -f $(ENVFILE) ] && . ./$(ENVFILE); set +a; \
 	.venv/bin/holdfast migrate --create-db && \
 	.venv/bin/holdfast demo && \
-	exec .venv/bin/holdfast serve
+	{ .venv/bin/holdfast consumers & consumers=$$!; \
+	  trap 'kill $$consumers 2>/dev/null' EXIT INT TERM; \
+	  .venv/bin/holdfast serve; }
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
