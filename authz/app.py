@@ -94,7 +94,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     stats.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await stats
-    await app[AUTHORIZER].drain()
+    await app[AUTHORIZER].close()
     await client.aclose()
     await pool.close()
 

@@ -13,8 +13,8 @@ import datetime as dt
 import hashlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 import asyncpg
 from redis.exceptions import RedisError
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from authz.metrics import Metrics
 from authz.settings import Settings
 from holds import ledger
+from holds.db import Conn
 from holds.model import hold_window_s
 from policies.cache import PolicyCache, Verdict
 from policies.model import AuthorizationRequest, Decision, Reason
@@ -62,9 +63,13 @@ class Authorizer:
         self._metrics = metrics
         self._clock = clock
         self._redis_budget_s = settings.redis_timeout_ms / 1000
-        self._background: set[asyncio.Task[None]] = set()
+        self._deadline_s = settings.decision_deadline_ms / 1000
+        self._background: set[asyncio.Task[None]] = set()  # give-backs: drained on stop
+        self._followers: set[asyncio.Task[None]] = set()  # late-decision checks: cancelled
 
     async def authorize(self, req: AuthorizationRequest) -> Decision:
+        """Decide within the deadline, whatever the dependencies do."""
+        deadline = time.perf_counter() + self._deadline_s
         now = self._clock()
         now_s = int(now)
         verdict = await self._check_redis(req, now_s)
@@ -83,7 +88,15 @@ class Authorizer:
         )
         started = time.perf_counter()
         try:
-            result = await asyncio.shield(self._record(req, verdict, rule_reason, when, expires))
+            # shielded: once the ledger call is on its way, a caller hanging up must not cut it
+            # in half; its own timeouts (below) bound it by the deadline
+            result = await asyncio.shield(
+                self._record(req, verdict, rule_reason, when, expires, deadline))
+        except TimeoutError:
+            self._metrics.deadline_exceeded.inc()
+            log.error("ledger too slow, declining %s at the deadline", req.provider_id)
+            self._track(self._follow_late(req), self._followers)
+            return Decision(req.authorization_id, False, 0, Reason.ISSUER_UNAVAILABLE, stand_in)
         except _PG_DOWN as exc:
             self._metrics.postgres_errors.labels("authorize").inc()
             log.error("ledger unreachable, declining %s: %s", req.provider_id, type(exc).__name__)
@@ -126,31 +139,74 @@ class Authorizer:
 
     async def _record(
         self, req: AuthorizationRequest, verdict: Verdict | None, rule_reason: Reason | None,
-        when: dt.datetime, expires: dt.datetime,
+        when: dt.datetime, expires: dt.datetime, deadline: float,
     ) -> ledger.AuthorizeResult:
+        """The ledger call, bounded by the deadline: waiting for a connection counts, and a
+        statement still running at the deadline is cancelled on the server (rolled back)."""
         for attempt in (1, 2):
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError
             try:
-                return await ledger.authorize(
-                    self._pool,
-                    provider=req.provider, provider_id=req.provider_id, sequence=req.sequence,
-                    authorization_id=req.authorization_id, parent_id=req.parent_id,
-                    card_id=req.card_id, amount_minor=req.amount_minor, currency=req.currency,
-                    partial_allowed=req.partial_allowed,
-                    rule_reason=None if rule_reason is None else rule_reason.label,
-                    policy_version=None if verdict is None else verdict.card_version,
-                    counters=None if verdict is None else verdict.counters,
-                    request_hash=req.request_hash, now=when, hold_expires=expires,
-                    merchant_id=req.merchant_id, merchant_name=req.merchant_name, mcc=req.mcc,
-                    country=req.country, channel=req.channel, stand_in=verdict is None,
-                    stand_in_cap_minor=self._settings.stand_in_max_amount_minor,
-                    counted=verdict is not None and verdict.kind == "ok",
-                )
+                async with self._pool.acquire(timeout=remaining) as conn:
+                    return await self._call_ledger(
+                        conn, req, verdict, rule_reason, when, expires,
+                        max(deadline - time.perf_counter(), 0.001))
             except asyncpg.UniqueViolationError:
                 # a concurrent request with the same identity but another card committed first;
                 # the second attempt finds its row and answers as a replay or conflict
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    async def _call_ledger(
+        self, conn: Conn, req: AuthorizationRequest, verdict: Verdict | None,
+        rule_reason: Reason | None, when: dt.datetime, expires: dt.datetime, timeout_s: float,
+    ) -> ledger.AuthorizeResult:
+        return await ledger.authorize(
+            conn,
+            provider=req.provider, provider_id=req.provider_id, sequence=req.sequence,
+            authorization_id=req.authorization_id, parent_id=req.parent_id,
+            card_id=req.card_id, amount_minor=req.amount_minor, currency=req.currency,
+            partial_allowed=req.partial_allowed,
+            rule_reason=None if rule_reason is None else rule_reason.label,
+            policy_version=None if verdict is None else verdict.card_version,
+            counters=None if verdict is None else verdict.counters,
+            request_hash=req.request_hash, now=when, hold_expires=expires,
+            merchant_id=req.merchant_id, merchant_name=req.merchant_name, mcc=req.mcc,
+            country=req.country, channel=req.channel, stand_in=verdict is None,
+            stand_in_cap_minor=self._settings.stand_in_max_amount_minor,
+            counted=verdict is not None and verdict.kind == "ok",
+            timeout_s=timeout_s,
+        )
+
+    async def _follow_late(self, req: AuthorizationRequest) -> None:
+        """After answering 'issuer_unavailable' at the deadline, find out what the ledger did.
+        The statement was cancelled, so normally nothing; if it committed just before the
+        cancel landed, the approval stands (the hold is kept: that never overspends, and a
+        retry of the request replays it) and operations are told."""
+        for wait_s in (1, 5, 30):
+            await asyncio.sleep(wait_s)
+            try:
+                decision = await self._pool.fetchval(
+                    "SELECT decision FROM authorization_requests WHERE provider = $1"
+                    " AND provider_id = $2 AND sequence = $3",
+                    req.provider, req.provider_id, req.sequence, timeout=5)
+            except (*_PG_DOWN, asyncpg.PostgresError):
+                continue
+            if decision == "approve":
+                self._metrics.late_approvals.inc()
+                log.error("authorisation %s was approved after the deadline answered "
+                          "issuer_unavailable; its hold stands until reversed or expired",
+                          req.provider_id)
+            return
+
+    def _track(self, coro: Coroutine[Any, Any, None],
+               into: set[asyncio.Task[None]] | None = None) -> None:
+        tasks = self._background if into is None else into
+        task = asyncio.create_task(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def _give_back(
         self, req: AuthorizationRequest, verdict: Verdict, result: ledger.AuthorizeResult
@@ -172,9 +228,7 @@ class Authorizer:
             amount = req.amount_minor
         if amount <= 0 and count == 0:
             return
-        task = asyncio.create_task(self._release(req.card_id, verdict.buckets, amount, count))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._track(self._release(req.card_id, verdict.buckets, amount, count))
 
     async def _release(self, card_id: str, buckets: str, amount: int, count: int) -> None:
         try:
@@ -188,6 +242,12 @@ class Authorizer:
         """Wait for pending give-backs (on shutdown and in tests)."""
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.drain()
+        for task in list(self._followers):
+            task.cancel()
+        await asyncio.gather(*list(self._followers), return_exceptions=True)
 
 
 def _month(now_s: int) -> int:

@@ -70,6 +70,14 @@ class Metrics:
             "Provider enum values (status, type, method) this version does not know",
             ["provider", "field"], registry=r,
         )
+        self.deadline_exceeded = Counter(
+            "holdfast_decision_deadline_exceeded_total",
+            "Decisions answered issuer_unavailable because the ledger missed the deadline",
+            registry=r)
+        self.late_approvals = Counter(
+            "holdfast_late_approvals_total",
+            "Approvals the ledger committed after the deadline had answered a decline",
+            registry=r)
         # refreshed every HOLDFAST_STATS_INTERVAL_S by the server from PostgreSQL
         self.inbox_pending = Gauge(
             "holdfast_inbox_pending", "Inbox events waiting for a consumer", registry=r)

@@ -72,14 +72,17 @@ async def authorize(
     stand_in: bool,
     stand_in_cap_minor: int,
     counted: bool,
+    timeout_s: float | None = None,
 ) -> AuthorizeResult:
-    """Decide funds, record the decision and place (or raise) the hold, atomically."""
+    """Decide funds, record the decision and place (or raise) the hold, atomically. With
+    ``timeout_s``, a call still running then is cancelled on the server (rolled back) and
+    TimeoutError raised."""
     row = await db.fetchrow(
         _AUTHORIZE,
         provider, provider_id, sequence, authorization_id, parent_id, card_id, amount_minor,
         currency, partial_allowed, rule_reason, policy_version, counters, request_hash, now,
         hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in,
-        stand_in_cap_minor, counted,
+        stand_in_cap_minor, counted, timeout=timeout_s,
     )
     if row is None:  # the function always returns one row
         raise RuntimeError("hf_authorize returned no row")

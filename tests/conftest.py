@@ -59,6 +59,10 @@ def settings(database_url: str) -> Settings:
         admin_tokens=parse_admin_tokens(",".join(f"{t}={s}" for s, t in TOKENS.items())),
         webhook_secrets=(Secret(WEBHOOK_SECRET), Secret("rotated-out-old-secret")),
         pg_pool_size=20,
+        # scenario tests are about correctness, not time: a shared 2-core machine under load
+        # must not turn them into deadline declines (tests/test_resilience.py tests the deadline)
+        decision_deadline_ms=5_000,
+        redis_timeout_ms=2_000,
     )
 
 
