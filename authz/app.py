@@ -4,7 +4,6 @@ and the Redis client, one error middleware, and the routes."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -20,6 +19,7 @@ from authz.hotpath import Authorizer
 from authz.http import json_response
 from authz.metrics import Metrics
 from authz.settings import Settings
+from authz.standin import run_stand_in_reconciler
 from clearing.stats import read_stats
 from policies.cache import PolicyCache
 
@@ -89,11 +89,15 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[CACHE] = cache
     app[AUTHORIZER] = Authorizer(pool, cache, settings, app[METRICS], app[CLOCK])
-    stats = asyncio.create_task(_refresh_stats(pool, app[METRICS], settings.stats_interval_s))
+    workers = [
+        asyncio.create_task(_refresh_stats(pool, app[METRICS], settings.stats_interval_s)),
+        asyncio.create_task(run_stand_in_reconciler(pool, cache, app[CLOCK],
+                                                    settings.stand_in_reconcile_interval_s)),
+    ]
     yield
-    stats.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await stats
+    for task in workers:
+        task.cancel()
+    await asyncio.gather(*workers, return_exceptions=True)
     await app[AUTHORIZER].close()
     await client.aclose()
     await pool.close()

@@ -127,7 +127,9 @@ class Authorizer:
                         return Verdict("decline", Reason.INVALID_CARD)
                     await self._cache.put(card)
                     verdict = await self._cache.check(req, now_s, month)
-        except _REDIS_DOWN as exc:
+        except (*_REDIS_DOWN, *_PG_DOWN) as exc:
+            # (a cache miss reads the card from PostgreSQL: if that fails too, the ledger call
+            # that follows fails the same way and answers issuer_unavailable)
             self._metrics.redis_errors.labels("decide").inc()
             self._metrics.stand_in.set(1)
             log.warning("redis unavailable, standing in for %s: %s", req.provider_id,

@@ -88,6 +88,7 @@ class Settings:
     sweep_batch_size: int = 1000
     consumer_metrics_port: int = 9108
     stats_interval_s: int = 15
+    stand_in_reconcile_interval_s: float = 5.0
     log_level: str = "INFO"
 
     @classmethod
@@ -130,6 +131,8 @@ class Settings:
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             stats_interval_s=_int(env, "HOLDFAST_STATS_INTERVAL_S", 15, 1, 3600),
+            stand_in_reconcile_interval_s=_int(
+                env, "HOLDFAST_STAND_IN_RECONCILE_INTERVAL_S", 5, 1, 3600),
             log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),
         )
 

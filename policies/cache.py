@@ -83,6 +83,7 @@ class PolicyCache:
             "velocity": _script("velocity.lua"),
             "release": _script("release.lua"),
             "put": _script("cache_put.lua"),
+            "count": _script("count.lua"),
         }
         self._sha: dict[str, str] = {}
 
@@ -153,6 +154,14 @@ class PolicyCache:
         if not isinstance(changed, int):
             raise ValueError(f"unexpected reply from release.lua: {changed!r}")
         return changed
+
+    async def count_late(self, card_id: str, at_s: int, amount_minor: int, count: int,
+                         now_s: int) -> bool:
+        """Count a stand-in approval in the buckets of its own time. False on a cache miss
+        (the caller loads the card and calls again)."""
+        out = await self._run("count", [self.policy_key(card_id), self.velocity_key(card_id)],
+                              [str(at_s), str(amount_minor), str(count), str(now_s)])
+        return out != "miss"
 
     async def forget(self, card_id: str) -> None:
         await self._redis.delete(self.policy_key(card_id))
