@@ -170,6 +170,16 @@ def spec() -> dict[str, Any]:
         "/v1/authorizations/{id}": {"get": _op(
             "An authorisation with its hold and decision history",
             {"200": _json(_ref("Authorization"))}, 401, 403, 404, params=[_PATH_ID])},
+        "/v1/events/quarantined": {"get": _op(
+            "Quarantined events, 100 a page (scopes ops, support)",
+            {"200": {"description": "events and next_after cursor"}}, 400, 401, 403,
+            params=[{"name": "after", "in": "query", "required": False,
+                     "schema": {"type": "string", "pattern": "^[0-9]+$"}}])},
+        "/v1/events/{inbox_id}/retry": {"post": _op(
+            "Retry a quarantined event (scope ops)", {"202": {"description": "queued"}},
+            401, 403, 404,
+            params=[{"name": "inbox_id", "in": "path", "required": True,
+                     "schema": {"type": "string", "pattern": "^[0-9]+$"}}])},
         "/metrics": {"get": _op("Prometheus metrics", {"200": {"description": "text"}},
                                 security="")},
         "/healthz": {"get": _op("Alive", {"200": {"description": "ok"}}, security="")},

@@ -328,3 +328,27 @@ async def test_authorisation_shows_its_whole_history(world: World) -> None:
     assert [e["kind"] for e in r.body["events"]] == ["post"]
     assert (r.body["approved_amount"], r.body["cleared_amount"], r.body["reversed_amount"],
             r.body["held_amount"], r.body["state"]) == (500, 450, 50, 0, "cleared")
+
+
+async def test_operators_list_and_retry_quarantined_events(world: World) -> None:
+    _, card = await funded_card(world)
+    body = auth_body(card, 300)
+    ev = await world.event("authorization.clearing", 300, body["id"], final=True)
+    await world.consume()
+    r = await world.api.admin("GET", "/v1/events/quarantined", scope="ops")
+    assert r.status == 200
+    listed = {e["event_id"]: e for e in r.body["events"]}
+    while r.body["next_after"]:
+        r = await world.api.admin("GET", f"/v1/events/quarantined?after={r.body['next_after']}",
+                                  scope="ops")
+        listed |= {e["event_id"]: e for e in r.body["events"]}
+    entry = listed[ev["id"]]
+    assert entry["reason"] == "unknown_authorization"
+    path = f"/v1/events/{entry['inbox_id']}/retry"
+    assert (await world.api.admin("GET", "/v1/events/quarantined", scope="customer")).status == 403
+    assert (await world.api.admin("POST", path, scope="support")).status == 403
+    r = await world.api.admin("POST", path, scope="ops")
+    assert (r.status, r.body["status"]) == (202, "pending")
+    r = await world.api.admin("POST", path, scope="ops")
+    assert (r.status, r.body["error"]["code"]) == (404, "not_quarantined")
+    assert await world.inbox_status(ev["id"]) == ("pending", "unknown_authorization")
