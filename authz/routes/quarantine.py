@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from clearing.consumer import retry_event
-
 from authz.app import POOL, SETTINGS
 from authz.errors import BadRequest, NotFound
 from authz.http import json_response, require_scope
+from clearing.consumer import retry_event
 
 __all__ = ["routes"]
 
