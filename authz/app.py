@@ -149,6 +149,7 @@ def _error(request: web.Request, status: int, code: str, message: str) -> web.Re
 
 def make_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
     # imported here: the route modules import this one for the AppKeys
+    from authz.providers import lithic, marqeta, stripe
     from authz.routes import admin, native, ops, quarantine
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
@@ -160,4 +161,7 @@ def make_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.
     app.add_routes(admin.routes)
     app.add_routes(ops.routes)
     app.add_routes(quarantine.routes)
+    app.add_routes(lithic.routes)
+    app.add_routes(marqeta.routes)
+    app.add_routes(stripe.routes)
     return app

@@ -49,6 +49,20 @@ def _card_action(verb: str) -> dict[str, Any]:
                         params=[_PATH_ID])}
 
 
+_MARQETA_JIT = {"type": "object", "required": ["jit_funding"], "properties": {"jit_funding": {
+    "type": "object", "required": ["token", "amount"], "properties": {
+        "token": {"type": "string"}, "method": {"type": "string"},
+        "amount": {"type": "string", "description": "decimal, major units"},
+        "decline_reason": {"type": "string"}}}}}
+
+
+def _provider_op(summary: str, ok: dict[str, Any], security: str) -> dict[str, Any]:
+    """A provider route: the body is the provider's own JSON, authenticated its own way."""
+    op = _op(summary, ok, 400, 401, 409, 413, security=security)
+    op["requestBody"] = {"required": True, **_json({"type": "object"})}
+    return op
+
+
 @cache
 def spec() -> dict[str, Any]:
     schemas: dict[str, Any] = {
@@ -170,6 +184,26 @@ def spec() -> dict[str, Any]:
         "/v1/authorizations/{id}": {"get": _op(
             "An authorisation with its hold and decision history",
             {"200": _json(_ref("Authorization"))}, 401, 403, 404, params=[_PATH_ID])},
+        "/providers/lithic/asa": {"post": _provider_op(
+            "Lithic Auth Stream Access decision (Lithic's own format)",
+            {"200": _json({"type": "object", "required": ["token", "result"], "properties": {
+                "token": {"type": "string"}, "result": {"type": "string"},
+                "approved_amount": {"type": "integer"}}})}, "lithicSignature")},
+        "/providers/lithic/events": {"post": _provider_op(
+            "Lithic transaction and other event webhooks (stored, then applied)",
+            {"200": _json(_ref("EventAck"))}, "lithicSignature")},
+        "/providers/marqeta/jit": {"post": _provider_op(
+            "Marqeta Gateway JIT Funding request: 200 approves, 402 declines",
+            {"200": _json(_MARQETA_JIT), "402": _json(_MARQETA_JIT)}, "marqetaBasic")},
+        "/providers/marqeta/events": {"post": _provider_op(
+            "Marqeta transaction webhooks (stored, then applied)",
+            {"200": {"description": "stored"}}, "marqetaBasic")},
+        "/providers/stripe/webhooks": {"post": _provider_op(
+            "Stripe Issuing webhooks; issuing_authorization.request is answered synchronously",
+            {"200": _json({"type": "object", "properties": {
+                "approved": {"type": "boolean"}, "amount": {"type": "integer"},
+                "metadata": {"type": "object"}, "id": {"type": "string"},
+                "status": {"type": "string"}}})}, "stripeSignature")},
         "/v1/events/quarantined": {"get": _op(
             "Quarantined events, 100 a page (scopes ops, support)",
             {"200": {"description": "events and next_after cursor"}}, 400, 401, 403,
@@ -199,6 +233,15 @@ def spec() -> dict[str, Any]:
                 "bearer": {"type": "http", "scheme": "bearer"},
                 "holdfastSignature": {
                     "type": "apiKey", "in": "header", "name": "Holdfast-Signature",
+                    "description": "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"},
+                "lithicSignature": {
+                    "type": "apiKey", "in": "header", "name": "webhook-signature",
+                    "description": "Standard Webhooks: webhook-id, webhook-timestamp, "
+                                   "webhook-signature v1,<base64 HMAC-SHA256>"},
+                "marqetaBasic": {"type": "http", "scheme": "basic",
+                                 "description": "plus X-Marqeta-Signature when configured"},
+                "stripeSignature": {
+                    "type": "apiKey", "in": "header", "name": "Stripe-Signature",
                     "description": "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"},
             },
         },

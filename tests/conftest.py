@@ -52,12 +52,18 @@ async def database_url() -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str) -> Settings:
+    from tests.providers import keys
+
     return Settings(
         database_url=database_url,
         redis_url=REDIS_URL,
         redis_prefix=f"hft:{RUN_ID}:",
         admin_tokens=parse_admin_tokens(",".join(f"{t}={s}" for s, t in TOKENS.items())),
         webhook_secrets=(Secret(WEBHOOK_SECRET), Secret("rotated-out-old-secret")),
+        lithic_webhook_secrets=tuple(Secret(s) for s in keys.LITHIC_SECRETS),
+        marqeta_basic_auth=tuple(Secret(s) for s in keys.MARQETA_BASIC_AUTH),
+        marqeta_hmac_secrets=tuple(Secret(s) for s in keys.MARQETA_HMAC_SECRETS),
+        stripe_webhook_secrets=tuple(Secret(s) for s in keys.STRIPE_SECRETS),
         pg_pool_size=20,
         # scenario tests are about correctness, not time: a shared 2-core machine under load
         # must not turn them into deadline declines (tests/test_resilience.py tests the deadline)
