@@ -10,7 +10,17 @@ from typing import Any, Final
 
 __all__ = ["RESTRICTED_KEYS", "luhn_valid", "mask_pans", "scrub"]
 
-_PAN_RE: Final = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+# a card number as it is written: 13-19 digits in one run, or in the printed groupings
+# 4-4-4-4(-3) and 4-6-5 with one kind of separator. Arbitrary digit groups (UUIDs, references)
+# are not joined, and a grouped form must stand apart from letters (a UUID's hex groups), so
+# they are never mistaken for one.
+_PAN_RE: Final = re.compile(
+    r"(?<![0-9])[0-9]{13,19}(?![0-9])"
+    r"|(?<![0-9A-Za-z])(?:"
+    r"[0-9]{4}([ -])[0-9]{4}\1[0-9]{4}\1[0-9]{1,4}(?:\1[0-9]{1,3})?"
+    r"|[0-9]{4}([ -])[0-9]{6}\2[0-9]{5}"
+    r")(?![0-9A-Za-z])"
+)
 # keys whose values are restricted data whatever they look like
 RESTRICTED_KEYS: Final = frozenset({
     "pan", "card_number", "cardnumber", "number", "cvv", "cvv2", "cvc", "cvc2", "cid", "pin",
