@@ -21,12 +21,18 @@ install: $(STAMP)
 services: install
 	@scripts/services.sh
 
+# the sandbox plays the card processor and the bank in a gentle demo mode (one action every 2 s,
+# a few duplicated and reordered webhooks); a demo Stripe secret and payment fee show those flows
 run: services
 	@set -a; [ -f $(ENVFILE) ] && . ./$(ENVFILE); set +a; \
+	export HOLDFAST_STRIPE_WEBHOOK_SECRET="$${HOLDFAST_STRIPE_WEBHOOK_SECRET-whsec_dev_stripe_demo}"; \
+	export HOLDFAST_PAYMENT_FEES="$${HOLDFAST_PAYMENT_FEES-GBP:20}"; \
 	.venv/bin/holdfast migrate --create-db && \
 	.venv/bin/holdfast demo && \
 	{ .venv/bin/holdfast consumers & consumers=$$!; \
-	  trap 'kill $$consumers 2>/dev/null' EXIT INT TERM; \
+	  .venv/bin/holdfast sandbox --demo --delay-ms 300 --duplicate-rate 0.05 \
+	    --reorder-rate 0.05 & sandbox=$$!; \
+	  trap 'kill $$consumers $$sandbox 2>/dev/null' EXIT INT TERM; \
 	  .venv/bin/holdfast serve; }
 
 test: install

@@ -21,7 +21,7 @@ from authz.metrics import Metrics
 from authz.settings import Settings
 from authz.standin import run_stand_in_reconciler
 from clearing.stats import read_stats
-from policies.cache import PolicyCache
+from policies.cache import PolicyCache, RedisClient
 
 __all__ = [
     "AUTHORIZER",
@@ -33,6 +33,7 @@ __all__ = [
     "SETTINGS",
     "create_pool",
     "make_app",
+    "redis_client",
 ]
 
 log = logging.getLogger("holdfast.http")
@@ -41,7 +42,7 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 METRICS: Final = web.AppKey("metrics", Metrics)
 CLOCK: Final[web.AppKey[Callable[[], float]]] = web.AppKey("clock")
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
-REDIS: Final = web.AppKey("redis", aioredis.Redis)
+REDIS: Final[web.AppKey[RedisClient]] = web.AppKey("redis")
 CACHE: Final = web.AppKey("cache", PolicyCache)
 AUTHORIZER: Final = web.AppKey("authorizer", Authorizer)
 
@@ -70,16 +71,26 @@ async def create_pool(settings: Settings, size: int | None = None) -> asyncpg.Po
     return pool
 
 
+def redis_client(settings: Settings) -> RedisClient:
+    """The Redis client of a server process: a single Redis, or a Redis Cluster when
+    ``HOLDFAST_REDIS_CLUSTER`` is set (the URL then names any one node)."""
+    timeout_s = settings.redis_timeout_ms / 1000
+    if settings.redis_cluster:
+        # max_connections is per node here; the socket timeouts bound each node's calls
+        return aioredis.RedisCluster.from_url(
+            settings.redis_url, decode_responses=True, socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s, max_connections=256,
+        )
+    return aioredis.Redis.from_url(
+        settings.redis_url, decode_responses=True, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s, max_connections=256,
+    )
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
-    client = aioredis.Redis.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_timeout=settings.redis_timeout_ms / 1000,
-        socket_connect_timeout=settings.redis_timeout_ms / 1000,
-        max_connections=256,
-    )
+    client = redis_client(settings)
     cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s)
     try:
         await cache.load_scripts()
@@ -150,12 +161,14 @@ def _error(request: web.Request, status: int, code: str, message: str) -> web.Re
 def make_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.Application:
     # imported here: the route modules import this one for the AppKeys
     from authz.providers import lithic, marqeta, stripe
-    from authz.routes import admin, native, ops, quarantine
+    from authz.ratelimit import setup_rate_limit
+    from authz.routes import admin, native, ops, payments, quarantine
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[CLOCK] = clock
+    setup_rate_limit(app)  # management (bearer-token) routes only
     app.cleanup_ctx.append(_resources)
     app.add_routes(native.routes)
     app.add_routes(admin.routes)
@@ -164,4 +177,5 @@ def make_app(settings: Settings, clock: Callable[[], float] = time.time) -> web.
     app.add_routes(lithic.routes)
     app.add_routes(marqeta.routes)
     app.add_routes(stripe.routes)
+    payments.setup(app)  # payments, accounts extras, bank webhooks
     return app

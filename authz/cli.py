@@ -1,4 +1,5 @@
-"""``holdfast`` command line: migrate, serve, verify, demo, consumers, sweep, events."""
+"""``holdfast`` command line: migrate, serve, verify, demo, consumers, sweep, events, sandbox,
+reconcile."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import start_http_server
 
-from authz.app import create_pool, make_app
+from authz.app import METRICS, create_pool, make_app
 from authz.logs import setup_logging
+from authz.payments_cli import (
+    add_parsers,
+    reconcile_command,
+    run_payments_worker,
+    sandbox_command,
+)
 from authz.settings import Settings, SettingsError
+from authz.tls import server_ssl_context
+from authz.workers import MAX_WORKERS, supervise
 from clearing.consumer import Consumer, ConsumerConfig, retry_event
 from clearing.handlers import HoldWindows
 from clearing.metrics import ConsumerMetrics
@@ -74,14 +83,23 @@ async def _verify(settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
-async def _serve(settings: Settings) -> int:
+async def _serve(settings: Settings, worker_index: int | None = None) -> int:
+    ssl_context = server_ssl_context(settings)  # before anything starts: bad files fail fast
     app = make_app(settings)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048)
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048,
+                       ssl_context=ssl_context)
     await site.start()
-    print(f"holdfast serving on http://{settings.host}:{settings.port} (pid {os.getpid()})",
+    scheme = "http" if ssl_context is None else "https"
+    print(f"holdfast serving on {scheme}://{settings.host}:{settings.port} (pid {os.getpid()})",
           flush=True)
+    if worker_index is not None:
+        # a scrape of the shared port reaches whichever worker the kernel picks: each worker
+        # also serves its own metrics on a port of its own, one scrape target per worker
+        metrics_port = settings.worker_metrics_port + worker_index
+        start_http_server(metrics_port, addr=settings.host, registry=app[METRICS].registry)
+        print(f"holdfast worker {worker_index} metrics on :{metrics_port}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -100,7 +118,8 @@ def _consumer_config(settings: Settings) -> ConsumerConfig:
 
 
 async def _consumers(settings: Settings) -> int:
-    pool = await create_pool(settings, size=4)
+    # lifecycle: a listener and a worker; payments: a listener, a worker, the outbox
+    pool = await create_pool(settings, size=6)
     metrics = ConsumerMetrics()
     start_http_server(settings.consumer_metrics_port, addr=settings.host,
                       registry=metrics.registry)
@@ -111,7 +130,9 @@ async def _consumers(settings: Settings) -> int:
     print(f"holdfast consumers running (pid {os.getpid()}, metrics on "
           f":{settings.consumer_metrics_port})", flush=True)
     try:
-        await Consumer(pool, _consumer_config(settings), metrics).run(stop)
+        await asyncio.gather(
+            Consumer(pool, _consumer_config(settings), metrics).run(stop),
+            run_payments_worker(settings, pool, metrics.registry, stop))
     finally:
         await pool.close()
     return 0
@@ -169,7 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     m = sub.add_parser("migrate", help="apply pending schema migrations")
     m.add_argument("--create-db", action="store_true", help="create the database if missing")
-    sub.add_parser("serve", help="run the HTTP server")
+    srv = sub.add_parser("serve", help="run the HTTP server")
+    srv.add_argument("--workers", type=int, default=1, metavar="N",
+                     help=f"server processes sharing the port (SO_REUSEPORT), 1 to {MAX_WORKERS};"
+                          " the parent supervises them")
+    # set by the supervisor on the processes it starts; not for operators
+    srv.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     sub.add_parser("verify", help="prove the ledger invariants; exit 1 on any violation")
     sub.add_parser("demo", help="seed demo accounts and cards (idempotent)")
     sub.add_parser("consumers", help="apply inbox events and sweep expired holds, until stopped")
@@ -177,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev = sub.add_parser("events", help="quarantined events: list them or retry one")
     ev.add_argument("action", choices=["quarantined", "retry"])
     ev.add_argument("inbox_id", nargs="?", type=int)
+    add_parsers(sub)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -190,15 +217,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "verify":
             return _run(_verify(settings))
         if args.command == "serve":
-            return _run(_serve(settings))
+            if not 1 <= args.workers <= MAX_WORKERS:
+                parser.error(f"--workers must be between 1 and {MAX_WORKERS}")
+            if args.workers > 1:
+                return supervise(args.workers)
+            return _run(_serve(settings, args.worker_index))
         if args.command == "demo":
             return _run(_demo(settings))
         if args.command == "consumers":
             return _run(_consumers(settings))
         if args.command == "sweep":
             return _run(_sweep(settings))
+        if args.command == "sandbox":
+            return _run(sandbox_command(settings, args))
+        if args.command == "reconcile":
+            return _run(reconcile_command(settings, args.statement, args.format))
         if args.command == "events":
             return _run(_events(settings, args.action, args.inbox_id))
+    except SettingsError as exc:  # e.g. a TLS file that cannot be loaded
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, asyncpg.PostgresError) as exc:
         print(f"holdfast {args.command}: cannot reach a dependency: {exc}", file=sys.stderr)
         return 2

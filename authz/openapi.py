@@ -63,6 +63,95 @@ def _provider_op(summary: str, ok: dict[str, Any], security: str) -> dict[str, A
     return op
 
 
+def _payments() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Schemas and paths of payments, accounts extras and the bank's webhooks."""
+    text = {"type": "string"}
+    digits6 = {"type": "string", "pattern": "^[0-9]{6}$"}
+    digits8 = {"type": "string", "pattern": "^[0-9]{8}$"}
+    nullable = {"type": ["string", "null"]}
+    beneficiary = {"oneOf": [
+        {"type": "object", "required": ["name", "sort_code", "account_number"],
+         "properties": {"name": {"type": "string", "maxLength": 140},
+                        "sort_code": {"type": "string",
+                                      "pattern": "^[0-9]{2}-?[0-9]{2}-?[0-9]{2}$"},
+                        "account_number": digits8}},
+        {"type": "object", "required": ["name", "iban"],
+         "properties": {"name": {"type": "string", "maxLength": 140},
+                        "iban": {"type": "string", "maxLength": 42}}}]}
+    states = ["checking_payee", "pending_confirmation", "queued", "submitted", "accepted",
+              "settled", "returned", "rejected", "blocked", "cancelled"]
+    schemas: dict[str, Any] = {
+        "PaymentCreate": {"type": "object",
+                          "required": ["account_id", "amount", "currency", "beneficiary",
+                                       "reference"],
+                          "properties": {"account_id": _ID, "amount": _AMOUNT,
+                                         "currency": _CURRENCY, "beneficiary": beneficiary,
+                                         "reference": {"type": "string", "maxLength": 35}}},
+        "Payment": {"type": "object", "required": ["id", "status"], "properties": {
+            "id": text, "status": {"enum": states}, "account_id": _ID,
+            "amount": {"type": "integer"}, "currency": _CURRENCY, "fee": {"type": "integer"},
+            "beneficiary": {"type": "object"}, "reference": text,
+            "payee_check": {"type": ["object", "null"]}, "held": {"type": "integer"},
+            "bank_payment_id": nullable, "reason": nullable, "settled_on": nullable,
+            "returned_on": nullable, "created_at": text, "updated_at": text,
+            "history": {"type": "array", "items": {"type": "object"}}}},
+        "Entries": {"type": "object", "properties": {
+            "account_id": _ID, "order": {"const": "newest_first"},
+            "entries": {"type": "array", "items": {"type": "object", "properties": {
+                "id": text, "transaction_id": text, "kind": text,
+                "amount": {"type": "integer"}, "currency": _CURRENCY, "reference": nullable,
+                "forced": {"type": "boolean"}, "created_at": text}}},
+            "next_cursor": nullable}},
+        "VirtualAccount": {"type": "object", "properties": {
+            "id": text, "account_id": _ID, "sort_code": digits6, "account_number": digits8,
+            "iban": text,
+            "reference_code": text, "status": {"enum": ["active", "retired"]},
+            "created_at": text, "retired_at": nullable}},
+        "Reconciliation": {"type": "object", "properties": {
+            "id": text, "source": text, "format": {"enum": ["csv", "jsonl"]},
+            "period": {"type": "object"}, "summary": {"type": "object"},
+            "ok": {"type": "boolean"}, "breaks": {"type": "array", "items": {"type": "object"}}}},
+    }
+    payment = {"200": _json(_ref("Payment"))}
+    cursor = [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                          "maximum": 200}},
+              {"name": "cursor", "in": "query", "schema": text}]
+    paths: dict[str, Any] = {
+        "/v1/payments": {"post": _op(
+            "Create a payment: stored and held before it is sent (same key and body: 200)",
+            {"201": _json(_ref("Payment")), **payment}, 400, 401, 403, 404, 409, 422,
+            body="PaymentCreate", params=[_IDEMPOTENCY])},
+        "/v1/payments/{id}": {"get": _op("A payment, its state and history", payment,
+                                         401, 403, 404, params=[_PATH_ID])},
+        "/v1/payments/{id}/confirm": {"post": _op(
+            "Pay a close-matched payee all the same", payment, 401, 403, 404, 409,
+            params=[_PATH_ID])},
+        "/v1/payments/{id}/cancel": {"post": _op(
+            "Cancel a payment waiting for confirmation (releases its hold)", payment,
+            401, 403, 404, 409, params=[_PATH_ID])},
+        "/v1/accounts/{id}/entries": {"get": _op(
+            "The account's postings, newest first, paged by cursor",
+            {"200": _json(_ref("Entries"))}, 400, 401, 403, 404, params=[_PATH_ID, *cursor])},
+        "/v1/accounts/{id}/virtual-accounts": {
+            "post": _op("Allocate the account's virtual account (or return the active one)",
+                        {"201": _json(_ref("VirtualAccount")),
+                         "200": _json(_ref("VirtualAccount"))}, 401, 403, 404, 409,
+                        params=[_PATH_ID]),
+            "get": _op("The account's virtual accounts, retired ones included",
+                       {"200": _json({"type": "object"})}, 401, 403, 404, params=[_PATH_ID])},
+        "/v1/accounts/{id}/close": {"post": _op(
+            "Close an empty account without live cards; retires its virtual accounts",
+            {"200": _json({"type": "object"})}, 401, 403, 404, 409, params=[_PATH_ID])},
+        "/v1/reconciliations/{id}": {"get": _op(
+            "A reconciliation run and its breaks", {"200": _json(_ref("Reconciliation"))},
+            401, 403, 404, params=[_PATH_ID])},
+        "/providers/bank/webhooks": {"post": _provider_op(
+            "The bank's payment facts and inbound credits (stored, then applied)",
+            {"200": _json(_ref("EventAck"))}, "bankSignature")},
+    }
+    return schemas, paths
+
+
 @cache
 def spec() -> dict[str, Any]:
     schemas: dict[str, Any] = {
@@ -222,6 +311,9 @@ def spec() -> dict[str, Any]:
         "/openapi.json": {"get": _op("This document", {"200": {"description": "OpenAPI"}},
                                      security="")},
     }
+    payment_schemas, payment_paths = _payments()
+    schemas.update(payment_schemas)
+    paths.update(payment_paths)
     return {
         "openapi": "3.1.0",
         "info": {"title": "Holdfast", "version": "0.1.0",
@@ -242,6 +334,9 @@ def spec() -> dict[str, Any]:
                                  "description": "plus X-Marqeta-Signature when configured"},
                 "stripeSignature": {
                     "type": "apiKey", "in": "header", "name": "Stripe-Signature",
+                    "description": "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"},
+                "bankSignature": {
+                    "type": "apiKey", "in": "header", "name": "Bank-Signature",
                     "description": "t=<unix>,v1=<hex HMAC-SHA256(secret, '<t>.<raw body>')>"},
             },
         },

@@ -10,7 +10,9 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
+
+from holds.model import is_currency
 
 __all__ = ["ADMIN_SCOPES", "Secret", "Settings", "SettingsError", "hash_token"]
 
@@ -23,6 +25,8 @@ DEV_ADMIN_TOKENS: Final = (
     "dev-ops-token=ops"
 )
 DEV_WEBHOOK_SECRET: Final = "dev-webhook-secret"  # noqa: S105 (development default)
+DEV_BANK_WEBHOOK_SECRET: Final = "dev-bank-webhook-secret"  # noqa: S105 (development default)
+DEV_BANK_API_KEY: Final = "dev-bank-api-key"
 DEFAULT_DATABASE_URL: Final = "postgresql://root@127.0.0.1:5432/holdfast"
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 
@@ -63,6 +67,9 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
     redis_prefix: str = "hf:"
+    # the URL names one seed node; the client discovers the others and routes each script by
+    # its first key's slot (every key of a card carries the {card:<id>} hash tag)
+    redis_cluster: bool = False
     host: str = "127.0.0.1"
     port: int = 8080
     environment: str = "development"
@@ -87,9 +94,31 @@ class Settings:
     sweep_interval_s: int = 60
     sweep_batch_size: int = 1000
     consumer_metrics_port: int = 9108
+    # `serve --workers N`: worker i also serves its own /metrics on this port + i, because a
+    # scrape of the shared SO_REUSEPORT port lands on whichever worker the kernel picks
+    worker_metrics_port: int = 9110
     stats_interval_s: int = 15
     stand_in_reconcile_interval_s: float = 5.0
     log_level: str = "INFO"
+    # payments (clearing/payments): the bank provider, its webhooks, fees, virtual accounts
+    bank_url: str = "http://127.0.0.1:8090/bank"
+    bank_api_key: Secret | None = None
+    bank_webhook_secrets: tuple[Secret, ...] = ()
+    bank_submit_timeout_ms: int = 2000
+    payee_check_timeout_ms: int = 1500
+    # outbound payment fee per currency, minor units (none: no fee)
+    payment_fees: Mapping[str, int] = field(default_factory=dict)
+    virtual_sort_code: str = "990001"
+    iban_bank_code: str = "HFST"
+    sandbox_port: int = 8090
+    # optional TLS on the listener (PEM paths); with a client CA, every client must present a
+    # certificate that CA signed (mTLS): see authz/tls.py
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # management API (bearer-token routes): requests per minute per token, shared by every
+    # process through Redis; 0 turns the limit off (authz/ratelimit.py)
+    admin_rate_limit_per_min: int = 6000
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -101,10 +130,16 @@ class Settings:
         webhook_secrets = _secrets(secrets_raw)
         if production and not webhook_secrets:
             raise SettingsError("HOLDFAST_WEBHOOK_SECRET is required when HOLDFAST_ENV=production")
+        redis_prefix = env.get("HOLDFAST_REDIS_PREFIX", "hf:")
+        if "{" in redis_prefix or "}" in redis_prefix:
+            # a brace in the prefix would become the hash tag, scattering a card's keys across
+            # cluster slots
+            raise SettingsError("HOLDFAST_REDIS_PREFIX must not contain '{' or '}'")
         return cls(
             database_url=env.get("HOLDFAST_DATABASE_URL", DEFAULT_DATABASE_URL),
             redis_url=env.get("HOLDFAST_REDIS_URL", DEFAULT_REDIS_URL),
-            redis_prefix=env.get("HOLDFAST_REDIS_PREFIX", "hf:"),
+            redis_prefix=redis_prefix,
+            redis_cluster=_flag(env, "HOLDFAST_REDIS_CLUSTER", False),
             host=env.get("HOLDFAST_HOST", "127.0.0.1"),
             port=_int(env, "HOLDFAST_PORT", 8080, 1, 65535),
             environment=environment,
@@ -130,10 +165,13 @@ class Settings:
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
+            worker_metrics_port=_int(env, "HOLDFAST_WORKER_METRICS_PORT", 9110, 1, 65535),
             stats_interval_s=_int(env, "HOLDFAST_STATS_INTERVAL_S", 15, 1, 3600),
             stand_in_reconcile_interval_s=_int(
                 env, "HOLDFAST_STAND_IN_RECONCILE_INTERVAL_S", 5, 1, 3600),
             log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),
+            **_payment_settings(env, production),
+            **_security_settings(env),
         )
 
     def scopes_for(self, token: str) -> frozenset[str]:
@@ -157,8 +195,71 @@ def parse_admin_tokens(raw: str) -> dict[str, frozenset[str]]:
     return out
 
 
+def _payment_settings(env: Mapping[str, str], production: bool) -> dict[str, Any]:
+    """The payments settings (HOLDFAST_BANK_*, HOLDFAST_PAYMENT_FEES, HOLDFAST_VIRTUAL_*)."""
+    api_key = env.get("HOLDFAST_BANK_API_KEY", "" if production else DEV_BANK_API_KEY)
+    sort_code = env.get("HOLDFAST_VIRTUAL_SORT_CODE", "990001")
+    if not (len(sort_code) == 6 and sort_code.isascii() and sort_code.isdigit()):
+        raise SettingsError("HOLDFAST_VIRTUAL_SORT_CODE must be six digits")
+    bank_code = env.get("HOLDFAST_IBAN_BANK_CODE", "HFST")
+    if not (len(bank_code) == 4 and bank_code.isascii() and bank_code.isalpha()
+            and bank_code.isupper()):
+        raise SettingsError("HOLDFAST_IBAN_BANK_CODE must be four capital letters")
+    return {
+        "bank_url": env.get("HOLDFAST_BANK_URL", "http://127.0.0.1:8090/bank").rstrip("/"),
+        "bank_api_key": Secret(api_key) if api_key else None,
+        "bank_webhook_secrets": _secrets(env.get(
+            "HOLDFAST_BANK_WEBHOOK_SECRET", "" if production else DEV_BANK_WEBHOOK_SECRET)),
+        "bank_submit_timeout_ms": _int(env, "HOLDFAST_BANK_SUBMIT_TIMEOUT_MS", 2000, 50, 60_000),
+        "payee_check_timeout_ms": _int(env, "HOLDFAST_PAYEE_CHECK_TIMEOUT_MS", 1500, 50, 30_000),
+        "payment_fees": parse_fees(env.get("HOLDFAST_PAYMENT_FEES", "")),
+        "virtual_sort_code": sort_code,
+        "iban_bank_code": bank_code,
+        "sandbox_port": _int(env, "HOLDFAST_SANDBOX_PORT", 8090, 1, 65535),
+    }
+
+
+def _security_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """TLS on the listener (HOLDFAST_TLS_*) and the management API's rate limit."""
+    cert = env.get("HOLDFAST_TLS_CERT") or None
+    key = env.get("HOLDFAST_TLS_KEY") or None
+    client_ca = env.get("HOLDFAST_TLS_CLIENT_CA") or None
+    if (cert is None) != (key is None):
+        raise SettingsError("HOLDFAST_TLS_CERT and HOLDFAST_TLS_KEY are set together or not at all")
+    if client_ca is not None and cert is None:
+        raise SettingsError("HOLDFAST_TLS_CLIENT_CA needs HOLDFAST_TLS_CERT and HOLDFAST_TLS_KEY")
+    return {
+        "tls_cert": cert,
+        "tls_key": key,
+        "tls_client_ca": client_ca,
+        "admin_rate_limit_per_min": _int(env, "HOLDFAST_ADMIN_RATE_LIMIT", 6000, 0, 1_000_000),
+    }
+
+
+def parse_fees(raw: str) -> dict[str, int]:
+    """``GBP:25,EUR:30`` -> {"GBP": 25, "EUR": 30} (minor units of each currency)."""
+    fees: dict[str, int] = {}
+    for item in filter(None, (x.strip() for x in raw.split(","))):
+        currency, _, amount = item.partition(":")
+        if not is_currency(currency) or not (amount.isascii() and amount.isdigit()):
+            raise SettingsError("HOLDFAST_PAYMENT_FEES: each entry is CUR:minor_units")
+        fees[currency] = int(amount)
+    return fees
+
+
 def _secrets(raw: str) -> tuple[Secret, ...]:
     return tuple(Secret(s.strip()) for s in raw.split(",") if s.strip())
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be 1/0 (or true/false, yes/no, on/off), got {raw!r}")
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:

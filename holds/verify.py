@@ -11,7 +11,7 @@ from typing import Final
 
 from holds.db import Conn
 
-__all__ = ["CHECKS", "Report", "Violation", "verify"]
+__all__ = ["CHECKS", "PAYMENT_CHECKS", "Report", "Violation", "verify"]
 
 _EXAMPLES: Final = 20
 
@@ -39,6 +39,79 @@ class Report:
         return "\n".join(lines)
 
 
+# Payments (clearing/payments, migration 0005): each payment's hold and postings are exactly what
+# its state says, its state is the end of its recorded history, and virtual accounts and
+# inbound credits are what they claim.
+PAYMENT_CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
+    ("payment_hold", "a payment's hold is its amount + fee, open until settled or refused", """
+        SELECT format('payment %s in %s: hold %s of %s on %s (expected %s of %s on %s)', p.id,
+                      p.status, h.state, h.amount, h.account_id,
+                      CASE WHEN p.status IN ('settled', 'returned') THEN 'posted'
+                           WHEN p.status IN ('rejected', 'blocked', 'cancelled') THEN 'released'
+                           ELSE 'open' END, p.amount + p.fee, p.account_id)
+          FROM payments p LEFT JOIN payment_holds h ON h.payment_id = p.id
+         WHERE h.payment_id IS NULL OR h.amount <> p.amount + p.fee
+            OR h.account_id <> p.account_id OR h.currency <> p.currency
+            OR h.state <> CASE WHEN p.status IN ('settled', 'returned') THEN 'posted'
+                               WHEN p.status IN ('rejected', 'blocked', 'cancelled')
+                               THEN 'released' ELSE 'open' END"""),
+    ("payment_postings", "a settled payment posted its amount and fee once; a return, back",
+     """
+        WITH moved AS (
+            SELECT t.reference AS payment_id, p.account_id,
+                   coalesce(sum(p.amount) FILTER (WHERE t.kind = 'payment'), 0) AS sent,
+                   coalesce(sum(p.amount) FILTER (WHERE t.kind = 'payment_fee'), 0) AS fee,
+                   coalesce(sum(p.amount) FILTER (WHERE t.kind = 'payment_return'), 0) AS back
+              FROM ledger_transactions t JOIN postings p ON p.transaction_id = t.id
+             WHERE t.kind IN ('payment', 'payment_fee', 'payment_return')
+             GROUP BY t.reference, p.account_id)
+        SELECT format('payment %s in %s: moved %s/%s/%s (sent/fee/returned) on %s', p.id,
+                      p.status, coalesce(m.sent, 0), coalesce(m.fee, 0), coalesce(m.back, 0),
+                      p.account_id)
+          FROM payments p LEFT JOIN moved m ON m.payment_id = p.id AND m.account_id = p.account_id
+         WHERE (coalesce(m.sent, 0), coalesce(m.fee, 0), coalesce(m.back, 0)) IS DISTINCT FROM (
+                CASE WHEN p.status IN ('settled', 'returned') THEN -p.amount ELSE 0 END,
+                CASE WHEN p.status IN ('settled', 'returned') THEN -p.fee ELSE 0 END,
+                CASE WHEN p.status = 'returned' THEN p.amount ELSE 0 END)"""),
+    ("payment_history", "a payment's state is where its recorded transitions lead", """
+        SELECT format('payment %s: event %s from %s, but %s came before', e.payment_id, e.id,
+                      coalesce(e.from_state, '(none)'), coalesce(e.previous, '(none)'))
+          FROM (SELECT payment_id, id, from_state,
+                       lag(to_state) OVER (PARTITION BY payment_id ORDER BY id) AS previous
+                  FROM payment_events) e
+         WHERE e.from_state IS DISTINCT FROM e.previous
+        UNION ALL
+        SELECT format('payment %s: status %s, history ends in %s', p.id, p.status,
+                      coalesce(l.to_state, '(none)'))
+          FROM payments p LEFT JOIN LATERAL (
+                SELECT to_state FROM payment_events e WHERE e.payment_id = p.id
+                 ORDER BY id DESC LIMIT 1) l ON true
+         WHERE l.to_state IS DISTINCT FROM p.status"""),
+    ("virtual_accounts", "virtual IBANs carry their sort code and number with valid check "
+                         "digits; retired exactly when the account is closed", """
+        SELECT format('virtual account %s (%s): IBAN %s, status %s', v.id, v.account_id,
+                      v.iban, v.status)
+          FROM virtual_accounts v
+         WHERE NOT hf_iban_valid(v.iban) OR substr(v.iban, 9, 6) <> v.sort_code
+            OR substr(v.iban, 15, 8) <> v.account_number
+            OR (v.status = 'active') = EXISTS (SELECT 1 FROM account_closures c
+                                                WHERE c.account_id = v.account_id)"""),
+    ("inbound_credits", "each inbound credit is posted once to its account; suspense ones to "
+                        "suspense, with a reason", """
+        SELECT format('credit %s: %s %s to %s (%s) but posted %s', c.bank_transaction_id,
+                      c.currency, c.amount, c.account_id, c.matched_by, p.amount)
+          FROM inbound_credits c JOIN accounts a ON a.id = c.account_id
+          LEFT JOIN postings p ON p.transaction_id = c.transaction_id
+                              AND p.account_id = c.account_id
+         WHERE p.amount IS DISTINCT FROM c.amount
+            OR (c.matched_by = 'suspense') <> (a.kind = 'suspense')"""),
+    ("payment_guards", "the payments journal's append-only triggers are installed", """
+        SELECT format('trigger %s is missing', t.name)
+          FROM unnest(ARRAY['payment_events_append_only', 'inbound_credits_append_only',
+                            'bank_events_immutable']) AS t(name)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = t.name AND tgenabled <> 'D')"""),
+)
+
 # (name, what it proves, query returning one text column per violating row)
 CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
     ("balanced", "every ledger transaction sums to zero per currency", """
@@ -54,13 +127,16 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM account_deltas
                       GROUP BY account_id) d ON d.account_id = a.id
          WHERE a.posted + coalesce(d.total, 0) <> coalesce(p.total, 0)"""),
-    ("held", "account held = sum of the remaining amounts of its open holds", """
-        SELECT format('account %s: held %s but open holds total %s', a.id, a.held,
-                      coalesce(h.total, 0))
+    ("held", "account held = open card holds' remaining + open payment holds", """
+        SELECT format('account %s: held %s but open holds total %s (cards %s, payments %s)',
+                      a.id, a.held, coalesce(h.total, 0) + coalesce(ph.total, 0),
+                      coalesce(h.total, 0), coalesce(ph.total, 0))
           FROM accounts a
           LEFT JOIN (SELECT account_id, sum(remaining) AS total FROM holds
                       WHERE state = 'open' GROUP BY account_id) h ON h.account_id = a.id
-         WHERE a.held <> coalesce(h.total, 0)"""),
+          LEFT JOIN (SELECT account_id, sum(amount) AS total FROM payment_holds
+                      WHERE state = 'open' GROUP BY account_id) ph ON ph.account_id = a.id
+         WHERE a.held <> coalesce(h.total, 0) + coalesce(ph.total, 0)"""),
     ("hold_parts", "each hold's parts add up and none is negative", """
         SELECT format('hold %s: authorized %s, posted %s, over-posted %s, released %s, '
                       'remaining %s, state %s', id, authorized, posted, over_posted, released,
@@ -125,6 +201,7 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
                             'ledger_transactions_no_truncate',
                             'ledger_operations_append_only']) AS t(name)
          WHERE NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = t.name AND tgenabled <> 'D')"""),
+    *PAYMENT_CHECKS,
 )
 
 

@@ -12,12 +12,16 @@ from importlib import resources
 from typing import Final, Literal
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 
 from policies.model import AuthorizationRequest, Reason
 from policies.store import CardSnapshot
 
-__all__ = ["PolicyCache", "Verdict", "encode_snapshot"]
+__all__ = ["PolicyCache", "RedisClient", "Verdict", "encode_snapshot"]
+
+# A single Redis or a Redis Cluster: on a cluster, SCRIPT LOAD goes to every primary and EVALSHA
+# to the primary owning its first key's slot.
+RedisClient = aioredis.Redis | aioredis.RedisCluster
 
 
 def _script(name: str) -> str:
@@ -75,7 +79,7 @@ _MISS: Final = Verdict("miss")
 
 
 class PolicyCache:
-    def __init__(self, client: aioredis.Redis, prefix: str, dedupe_ttl_s: int) -> None:
+    def __init__(self, client: RedisClient, prefix: str, dedupe_ttl_s: int) -> None:
         self._redis = client
         self._prefix = prefix
         self._dedupe_ttl = str(dedupe_ttl_s)
@@ -103,16 +107,23 @@ class PolicyCache:
             self._sha[name] = await self._redis.script_load(source)
 
     async def _run(self, name: str, keys: list[str], args: list[str]) -> object:
-        sha = self._sha.get(name)
-        if sha is None:
-            await self.load_scripts()
-            sha = self._sha[name]
         try:
-            return await self._redis.evalsha(sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # Redis restarted or was flushed since start-up: load again, once
-            await self.load_scripts()
-            return await self._redis.evalsha(self._sha[name], len(keys), *keys, *args)
+            sha = self._sha.get(name)
+            if sha is None:
+                await self.load_scripts()
+                sha = self._sha[name]
+            try:
+                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+            except NoScriptError:
+                # Redis (or, on a cluster, the primary owning this slot: restarted, failed
+                # over, new) lost its scripts since start-up: load them again everywhere, once
+                await self.load_scripts()
+                return await self._redis.evalsha(self._sha[name], len(keys), *keys, *args)
+        except RedisClusterException as exc:
+            # redis-py raises this outside the RedisError tree when no cluster node can be
+            # reached or a slot has no owner: translate it so callers see Redis as down and
+            # stand in, as they do with a single Redis
+            raise ClusterError(f"{type(exc).__name__}: {exc}") from exc
 
     async def check(self, req: AuthorizationRequest, now_s: int, month: int) -> Verdict:
         """Duplicate check, rules and velocity for one request, counting it if all pass."""

@@ -4,9 +4,11 @@ every test."""
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from authz.app import AUTHORIZER, make_app
+from authz.logs import JsonFormatter
 from authz.settings import Secret, Settings, parse_admin_tokens
 from holds.migrate import migrate
 from holds.verify import verify
@@ -29,6 +32,36 @@ TOKENS = {
     "ops": "test-ops-token-000001",
 }
 WEBHOOK_SECRET = "test-webhook-secret"
+
+
+SESSION_LOG_NAME = "holdfast-session.log"
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The suite-wide scan for card numbers and secrets runs after everything else."""
+    last = [item for item in items if item.path.name == "test_zzz_scan.py"]
+    if last:
+        items[:] = [item for item in items if item.path.name != "test_zzz_scan.py"] + last
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything logged in this process during the session, written as production writes it
+    (the JSON formatter with its data-class filter), for tests/test_zzz_scan.py; holdfast's own
+    loggers at INFO, as in production."""
+    path = tmp_path_factory.getbasetemp() / SESSION_LOG_NAME
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    ours = logging.getLogger("holdfast")
+    level = ours.level
+    if ours.getEffectiveLevel() > logging.INFO:
+        ours.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    yield path
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+    ours.setLevel(level)
 
 
 def _db_url(name: str) -> str:

@@ -4,6 +4,7 @@ current), ``/openapi.json``."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,7 +28,8 @@ async def metrics(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    # the pid tells which process answered when `serve --workers N` shares the port
+    return json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def _probe_postgres(request: web.Request) -> dict[str, object]:

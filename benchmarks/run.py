@@ -1,0 +1,383 @@
+"""``make bench``: the hot-path benchmark, Holdfast against the raw stack, side by side.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--help for every knob]
+
+1. Create a database of its own (``holdfast_bench_<random>``), migrate it, seed 10,000 funded
+   accounts and cards, fill the policy cache under a Redis prefix of its own (``hfb:<random>:``).
+2. Start ``holdfast serve`` and ``benchmarks.raw_stack`` as subprocesses on free ports.
+3. Warm both up, then measure, alternating the two servers (A B, B A, ...) so that drift on a
+   shared machine hits both alike, each measurement a fresh load-generator process:
+   saturation (closed loop) and open-loop latency at a fixed rate (1,000/s, and 2,500/s).
+4. Stop the servers, run ``holdfast verify`` on the ledger, drop the database and the keys.
+5. Print the report and write it to ``benchmarks/results/<date>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import os
+import platform
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+import orjson
+import redis.asyncio as aioredis
+
+from benchmarks import dataset
+from benchmarks.loadgen import Result, Spec
+from benchmarks.pgstats import pg_delta, pg_sample
+from benchmarks.report import HOLDFAST, RAW, Context, Measured, Targets, percentile, render
+from benchmarks.servers import ServerProcess, free_port, start_server
+
+__all__ = ["main"]
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+_DEDUPE_TTL_S: Final = 3600  # Settings.dedupe_ttl_s default: the server caches with the same
+_PAUSE_S: Final = 1.2  # between runs: let give-backs, WAL writes and the client process settle
+
+
+def _options(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cards", type=int, default=10_000, help="cardholders seeded (default 10000)")
+    p.add_argument("--warmup", type=float, default=3.0, help="closed-loop warm-up per server, s")
+    p.add_argument("--concurrency", type=int, default=32,
+                   help="closed-loop connections for saturation (default 32)")
+    p.add_argument("--sat-seconds", type=float, default=6.0, help="each saturation run, s")
+    p.add_argument("--sat-rounds", type=int, default=3, help="saturation runs per server")
+    p.add_argument("--rate", type=float, default=1_000.0, help="open-loop rate, req/s")
+    p.add_argument("--open-seconds", type=float, default=10.0, help="each open-loop run, s")
+    p.add_argument("--open-rounds", type=int, default=2, help="open-loop runs per server")
+    p.add_argument("--high-rate", type=float, default=2_500.0,
+                   help="a second open-loop rate, one run per server (0 to skip)")
+    p.add_argument("--connections", type=int, default=64, help="open-loop connections")
+    p.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson")
+    p.add_argument("--lead-in", type=float, default=1.0, help="unmeasured start of each run, s")
+    p.add_argument("--pg", default=os.environ.get(
+        "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"),
+        help="PostgreSQL server (any database: the benchmark creates its own)")
+    p.add_argument("--redis", default=os.environ.get(
+        "HOLDFAST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="extra HOLDFAST_* setting for both servers, e.g. HOLDFAST_PG_POOL_SIZE=4"
+                        " (repeatable)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 1,000 cards and short phases (figures not comparable)")
+    p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
+    args = p.parse_args(argv)
+    for item in args.server_env:
+        name, sep, _ = item.partition("=")
+        if not sep or not name.startswith("HOLDFAST_"):
+            p.error(f"--server-env wants HOLDFAST_NAME=VALUE, got {item!r}")
+    if args.quick:
+        args.cards, args.warmup, args.sat_seconds, args.sat_rounds = 1_000, 1.0, 2.0, 1
+        args.open_seconds, args.open_rounds, args.high_rate = 3.0, 1, 0.0
+    return args
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Bench:
+    run_id: str
+    pg_admin: str
+    db_name: str
+    db_url: str
+    redis_url: str
+    prefix: str
+    secret: str
+    tmp: Path
+    server_env: tuple[str, ...] = ()  # NAME=VALUE for both servers (--server-env)
+
+
+def _db_url(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _server_env(bench: _Bench, port: int, prefix: str) -> dict[str, str]:
+    # nothing of the caller's Holdfast configuration may leak into the servers under test
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HOLDFAST_")}
+    env.update({
+        "HOLDFAST_DATABASE_URL": bench.db_url,
+        "HOLDFAST_REDIS_URL": bench.redis_url,
+        "HOLDFAST_REDIS_PREFIX": prefix,
+        "HOLDFAST_PORT": str(port),
+        "HOLDFAST_WEBHOOK_SECRET": bench.secret,
+        "HOLDFAST_LOG_LEVEL": "WARNING",
+    })
+    for item in bench.server_env:
+        name, _, value = item.partition("=")
+        env[name] = value
+    return env
+
+
+async def _start_servers(bench: _Bench) -> dict[str, ServerProcess]:
+    holdfast_bin = Path(sys.executable).with_name("holdfast")
+    holdfast_argv = ([str(holdfast_bin), "serve"] if holdfast_bin.exists()
+                     else [sys.executable, "-m", "authz.cli", "serve"])
+    ports = free_port(), free_port()
+    while ports[1] == ports[0]:
+        ports = ports[0], free_port()
+    hold, raw = await asyncio.gather(
+        start_server(HOLDFAST, holdfast_argv, _server_env(bench, ports[0], bench.prefix),
+                     ports[0]),
+        start_server(RAW, [sys.executable, "-m", "benchmarks.raw_stack"],
+                     _server_env(bench, ports[1], f"{bench.prefix}raw:"), ports[1]),
+        return_exceptions=True,
+    )
+    started = {s.name: s for s in (hold, raw) if isinstance(s, ServerProcess)}
+    for failure in (hold, raw):
+        if isinstance(failure, BaseException):
+            for s in started.values():
+                await s.stop()
+            raise failure
+    return started
+
+
+async def _postgres_pids(bench: _Bench) -> list[int] | None:
+    """The backends of the benchmark's database and PostgreSQL's own background processes (WAL
+    writer, checkpointer, ...): the PostgreSQL work done for the servers under test, not for
+    other databases on a shared server."""
+    conn = await asyncpg.connect(bench.pg_admin)
+    try:
+        rows = await conn.fetch(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = $1 OR backend_type <> 'client backend'",
+            bench.db_name,
+        )
+    except asyncpg.PostgresError:
+        return None
+    finally:
+        await conn.close()
+    return [r["pid"] for r in rows]
+
+
+async def _load(bench: _Bench, server: ServerProcess, spec: Spec) -> Result:
+    """One load-generator process against one server; its result."""
+    spec = dataclasses.replace(spec, postgres_pids=await _postgres_pids(bench))
+    spec_path = bench.tmp / f"{spec.id_prefix}.spec.json"
+    out_path = bench.tmp / f"{spec.id_prefix}.result.json"
+    spec_path.write_bytes(orjson.dumps(dataclasses.asdict(spec)))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.loadgen", str(spec_path), str(out_path),
+        stdin=asyncio.subprocess.DEVNULL,
+    )
+    limit = spec.lead_in_s + spec.duration_s + 90
+    try:
+        code = await asyncio.wait_for(proc.wait(), limit)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError(f"load generator for {spec.id_prefix} ran over {limit:.0f} s") from None
+    if code != 0:
+        raise RuntimeError(f"load generator for {spec.id_prefix} failed with exit code {code}")
+    if not server.alive():
+        raise RuntimeError(f"{server.name} died during {spec.id_prefix}:\n{server.log_tail()}")
+    return Result(**orjson.loads(out_path.read_bytes()))
+
+
+def _describe(m: Measured) -> str:
+    r = m.result
+    ordered = sorted(r.latencies_us)
+    p50, p99, p999 = (percentile(ordered, p) / 1000 for p in (50, 99, 99.9))
+    bad = r.errors + sum(v for k, v in r.statuses.items() if k != "200")
+    extra = f", {bad} errors/non-200" if bad else ""
+    extra += ", RAN OUT OF REQUESTS" if r.exhausted else ""
+    return (f"  {m.phase:<11} {m.target:<8} round {m.round}: {r.throughput:8,.0f} req/s   "
+            f"p50 {p50:6.2f}  p99 {p99:6.2f}  p99.9 {p999:6.2f} ms{extra}")
+
+
+def _plan(args: argparse.Namespace) -> list[tuple[str, int, dict[str, object]]]:
+    """(phase, round, load-generator settings) in the order they run."""
+    plan: list[tuple[str, int, dict[str, object]]] = []
+    for r in range(1, args.sat_rounds + 1):
+        plan.append(("saturation", r, {"mode": "closed", "duration_s": args.sat_seconds}))
+    for rate, rounds in ((args.rate, args.open_rounds), (args.high_rate, 1)):
+        for r in range(1, rounds + 1 if rate > 0 else 1):
+            plan.append((f"open:{rate:g}", r, {
+                "mode": "open", "rate": rate, "duration_s": args.open_seconds,
+                "connections": args.connections,
+            }))
+    return plan
+
+
+async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argparse.Namespace,
+                   emulate_autovacuum: bool) -> tuple[list[Measured], list[str]]:
+    def spec(server: ServerProcess, tag: str, seed: int, **kw: object) -> Spec:
+        base = Spec(host="127.0.0.1", port=server.port, mode="closed", duration_s=0.0,
+                    lead_in_s=args.lead_in, cards=args.cards, seed=seed, secret=bench.secret,
+                    id_prefix=f"{bench.run_id}.{tag}.{server.name[0]}",
+                    connections=args.concurrency, arrivals=args.arrivals,
+                    server_pid=server.pid, max_rate=max_rate[server.name])
+        return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
+
+    max_rate = {HOLDFAST: 8_000.0, RAW: 8_000.0}
+    print(f"warming up ({args.warmup:g} s each) ...", flush=True)
+    for name in (HOLDFAST, RAW):
+        warm = await _load(bench, servers[name], spec(servers[name], "warm", 1, lead_in_s=0.0,
+                                                      duration_s=args.warmup))
+        # a closed loop must not run out of pre-built requests: room for 2.5 x the warm-up rate
+        max_rate[name] = max(4_000.0, 2.5 * warm.throughput)
+        await asyncio.sleep(_PAUSE_S)
+
+    plan = _plan(args)
+    measured: list[Measured] = []
+    for n, (phase, round_, kw) in enumerate(plan):
+        # A B, B A, A B ...: neither server always goes first after a pause
+        order = (HOLDFAST, RAW) if n % 2 == 0 else (RAW, HOLDFAST)
+        seed = 1_000 + n  # both servers get the same traffic in a round
+        for name in order:
+            if emulate_autovacuum:
+                await dataset.vacuum_analyze(bench.db_url)
+            # the pauses let the servers' background work settle, and PostgreSQL backends flush
+            # their statistics (at most once a second) so the samples frame this run only
+            await asyncio.sleep(_PAUSE_S)
+            before = await pg_sample(bench.pg_admin, bench.db_name)
+            tag = f"{phase.replace(':', '')}.{round_}"
+            result = await _load(bench, servers[name], spec(servers[name], tag, seed, **kw))
+            await asyncio.sleep(_PAUSE_S)
+            after = await pg_sample(bench.pg_admin, bench.db_name)
+            m = Measured(phase, name, round_, result, pg_delta(before, after))
+            measured.append(m)
+            print(_describe(m), flush=True)
+    return measured, list(dict.fromkeys(p for p, _, _ in plan))
+
+
+async def _environment(bench: _Bench) -> list[tuple[str, str]]:
+    versions = ", ".join(f"{p} {metadata.version(p)}" for p in
+                         ("aiohttp", "uvloop", "orjson", "redis", "hiredis", "asyncpg"))
+    conn = await asyncpg.connect(bench.pg_admin)
+    try:
+        pg = await conn.fetchval("SHOW server_version")
+        durability = ", ".join([
+            f"{name}={await conn.fetchval(f'SHOW {name}')}"
+            for name in ("fsync", "synchronous_commit", "autovacuum", "shared_buffers",
+                         "max_wal_size", "wal_compression")
+        ])
+    finally:
+        await conn.close()
+    client = aioredis.Redis.from_url(bench.redis_url, decode_responses=True)
+    try:
+        redis_version = (await client.info("server")).get("redis_version", "?")
+    finally:
+        await client.aclose()
+    load1, load5, _ = os.getloadavg()
+    return [
+        ("date", dt.datetime.now().astimezone().isoformat(timespec="seconds")),
+        ("cores", str(os.cpu_count())),
+        ("load average before the run (1 / 5 min)", f"{load1:.2f} / {load5:.2f}"),
+        ("platform", platform.platform()),
+        ("Python", platform.python_version()),
+        ("libraries", versions),
+        ("PostgreSQL", f"{pg} ({durability})"),
+        ("Redis", str(redis_version)),
+    ]
+
+
+async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
+    run_id = secrets.token_hex(4)
+    db_name = f"holdfast_bench_{run_id}"
+    tmp = Path(tempfile.mkdtemp(prefix="holdfast-bench-"))
+    bench = _Bench(run_id, args.pg, db_name, _db_url(args.pg, db_name), args.redis,
+                   f"hfb:{run_id}:", secrets.token_hex(16), tmp, tuple(args.server_env))
+    context = Context(title=f"Holdfast hot-path benchmark, {dt.date.today().isoformat()}")
+    context.environment = [("code", code), *await _environment(bench)]
+    context.settings = [
+        ("cards", f"{args.cards:,} (one funded account each)"),
+        ("saturation", f"closed loop, {args.concurrency} connections, {args.sat_rounds} x "
+                       f"{args.sat_seconds:g} s per server"),
+        ("open loop", f"{args.arrivals} arrivals at {args.rate:g}/s, {args.open_rounds} x "
+                      f"{args.open_seconds:g} s per server, {args.connections} connections"
+                      + (f"; {args.high_rate:g}/s, 1 x {args.open_seconds:g} s"
+                         if args.high_rate else "")),
+        ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
+                    f"{args.warmup:g} s closed-loop warm-up per server first"),
+        ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
+        ("command", "python -m benchmarks.run " + " ".join(sys.argv[1:])),
+    ]
+    servers: dict[str, ServerProcess] = {}
+    seeded = False
+    ok = True
+    measured: list[Measured] = []
+    phases: list[str] = []
+    try:
+        started = time.perf_counter()
+        print(f"database {db_name}, Redis prefix {bench.prefix}", flush=True)
+        await dataset.create_database(bench.pg_admin, bench.db_url, db_name)
+        await dataset.seed(bench.db_url, args.cards)
+        seeded = True
+        await dataset.warm_cache(bench.redis_url, bench.prefix, _DEDUPE_TTL_S, args.cards)
+        print(f"seeded {args.cards:,} cardholders and their policy cache in "
+              f"{time.perf_counter() - started:.1f} s", flush=True)
+        servers = await _start_servers(bench)
+        print(f"holdfast on :{servers[HOLDFAST].port} (pid {servers[HOLDFAST].pid}), "
+              f"raw stack on :{servers[RAW].port} (pid {servers[RAW].pid})", flush=True)
+        emulate = not await dataset.autovacuum_on(bench.db_url)
+        if emulate:
+            context.notes.append(
+                "autovacuum is off on this PostgreSQL server: the benchmark ran VACUUM (ANALYZE) "
+                "on its database before every run, as autovacuum would have meanwhile (without "
+                "it, dead versions of the hot account rows pile up and plans made against the "
+                "new, nearly empty tables are never remade).")
+        measured, phases = await _measure(bench, servers, args, emulate)
+    finally:
+        for server in servers.values():
+            await server.stop()
+        if seeded:
+            report, counts = await dataset.verify_ledger(bench.db_url)
+            ok = report.ok
+            print(report.render(), flush=True)
+            context.ledger = [f"holdfast verify: {report.render()}"] + [
+                f"{k}: {v:,}" for k, v in counts.items()]
+        await dataset.drop_database(bench.pg_admin, db_name)
+        keys = await dataset.forget_keys(bench.redis_url, bench.prefix)
+        print(f"dropped {db_name}, deleted {keys:,} Redis keys", flush=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    text = render(measured, phases, Targets(open_rate=args.rate), args.concurrency, context)
+    return text, ok
+
+
+def _code_version() -> str:
+    """The commit measured, and whether the working tree differed from it (outside benchmarks/):
+    a figure is only comparable with another of the same code."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = len(dirty.splitlines())
+    return head + (f" plus {changed} uncommitted file(s)" if changed else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import uvloop
+
+    args = _options(argv)
+    code = _code_version()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        text, ok = runner.run(_main(args, code))
+    print("\n" + text)
+    if not args.no_write and not args.quick:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        path = RESULTS_DIR / f"{dt.date.today().isoformat()}.md"
+        path.write_text(text)
+        print(f"written to {path}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
