@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 
+from authz.app import redis_client
 from authz.hotpath import request_hash
 from authz.settings import DEV_WEBHOOK_SECRET, Settings
 from holds import ledger
@@ -30,7 +30,7 @@ CARDS: tuple[tuple[str, str, str, dict[str, Any]], ...] = (
 
 async def seed(settings: Settings) -> None:
     conn = await asyncpg.connect(settings.database_url)
-    client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client(settings)  # a single Redis or a cluster, as the server uses
     cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s)
     try:
         for account_id, currency, funds, overdraft in ACCOUNTS:
