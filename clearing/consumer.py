@@ -111,7 +111,11 @@ class Consumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop`` is set: apply, tidy up, sweep when due, sleep until woken."""
         listener = await self._pool.acquire()
-        await listener.add_listener("holdfast_inbox", lambda *_: self._wake.set())
+
+        def wake(*_: object) -> None:
+            self._wake.set()
+
+        await listener.add_listener("holdfast_inbox", wake)
         next_sweep = 0.0
         try:
             while not stop.is_set():
@@ -135,7 +139,7 @@ class Consumer:
                 for w in waiters:
                     w.cancel()
         finally:
-            await listener.remove_listener("holdfast_inbox", lambda *_: None)
+            await listener.remove_listener("holdfast_inbox", wake)
             await self._pool.release(listener)
 
 
