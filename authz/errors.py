@@ -7,8 +7,11 @@ snake_case code; the error middleware renders it as ``{"error": {"code", "messag
     │                           bad_token
     ├── Forbidden (403)         insufficient_scope
     ├── NotFound (404)          not_found, unknown_account, unknown_card, unknown_authorization
-    ├── Conflict (409)          idempotency_conflict, account_exists, card_conflict
+    ├── Conflict (409)          idempotency_conflict, account_exists, card_conflict,
+    │                           invalid_state, account_not_empty
     ├── PayloadTooLarge (413)   body_too_large
+    ├── Unprocessable (422)     insufficient_funds, currency_mismatch (payments)
+    ├── (429)                   rate_limited (authz.ratelimit answers it directly)
     └── Unavailable (503)       database_unavailable, cache_unavailable
 
 Declines are results, not errors: an authorisation that is refused is a 200 with a reason.
@@ -26,6 +29,7 @@ __all__ = [
     "PayloadTooLarge",
     "Unauthorized",
     "Unavailable",
+    "Unprocessable",
 ]
 
 
@@ -63,6 +67,12 @@ class Conflict(ApiError):
 
 class PayloadTooLarge(ApiError):
     status = 413
+
+
+class Unprocessable(ApiError):
+    """Well-formed, but the ledger cannot do it (funds, currency)."""
+
+    status = 422
 
 
 class Unavailable(ApiError):

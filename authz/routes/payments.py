@@ -28,7 +28,7 @@ import asyncpg
 from aiohttp import web
 
 from authz.app import CLOCK, METRICS, POOL, SETTINGS
-from authz.errors import ApiError, BadRequest, Conflict, NotFound, Unauthorized
+from authz.errors import ApiError, BadRequest, Conflict, NotFound, Unauthorized, Unprocessable
 from authz.http import ID_RE, json_response, parse_json_object, req_amount, req_currency
 from authz.http import require_scope as _require_scope
 from authz.signatures import verify_native
@@ -61,11 +61,6 @@ _WRITERS: Final = ("customer",)
 _READERS: Final = ("customer", "support", "ops")
 
 
-
-class Unprocessable(ApiError):
-    """Well-formed, but the ledger cannot do it (funds, currency)."""
-
-    status = 422
 
 
 # what hf_payment_create's refusals mean to the caller: (error class, code, message)
