@@ -1,10 +1,11 @@
 """Lithic: Auth Stream Access (``POST /providers/lithic/asa``) and transaction event webhooks
 (``POST /providers/lithic/events``), both signed with Standard Webhooks.
 
-ASA identity: ``provider_id`` is the ASA ``token`` (Lithic's transaction group). The request
-carries the transaction's earlier ``events``; an incremental authorisation arrives on the same
-token with those events listed, so ``sequence = len(events)`` (0 for the initial request) and a
-request with ``sequence > 0`` raises the hold of ``lithic:<token>``. Lithic retries once on a 5xx
+ASA identity: the authorisation is ``lithic:<token>`` (Lithic's transaction group). In the 2021
+shape a request carries the transaction's earlier ``events``, so the identity is (token,
+``sequence = len(events)``) and ``sequence > 0`` raises the hold. In the current shape each
+request carries its own ``event_token`` and no history: the identity is the event token, and a
+request on a token we already hold raises that hold (incremental). Lithic retries once on a 5xx
 with the very same body, which replays the stored decision: the answer is identical.
 
 Amounts are integer minor units: ``amounts.cardholder`` when present, else the deprecated
@@ -39,7 +40,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from authz.app import CLOCK, SETTINGS
+from authz.app import CLOCK, POOL, SETTINGS
 from authz.errors import BadRequest
 from authz.hotpath import request_hash
 from authz.http import json_response, opt_bool, req_amount, req_str
@@ -151,13 +152,18 @@ def _amount(body: dict[str, Any], *, allow_zero: bool) -> tuple[int, str]:
     return amount, currency_code(body.get("cardholder_currency") or "USD", "cardholder_currency")
 
 
-def parse_asa(app: web.Application, body: dict[str, Any]) -> AuthorizationRequest:
-    """A debit ASA request as the canonical request (PAN and CVV are never read)."""
+def parse_asa(app: web.Application, body: dict[str, Any], opened: bool = False
+              ) -> AuthorizationRequest:
+    """A debit ASA request as the canonical request (PAN and CVV are never read).
+
+    ``opened``: whether ``lithic:<token>`` already exists (only consulted for the current shape,
+    where a request carries an ``event_token`` and no ``events`` list)."""
     token = ident(body, "token")
     auth_id = canonical_id(PROVIDER, token)
     card_id = ident(obj(body, "card"), "token", "card.")
     amount, currency = _amount(body, allow_zero=False)
-    events = opt_list(body, "events") or []
+    listed = opt_list(body, "events")
+    events = listed or []
     sequence = len(events)
     merchant = obj(body, "merchant")
     merchant_id = merchant_text(text(merchant, "acceptor_id", "merchant.", 64), 64)
@@ -167,16 +173,27 @@ def parse_asa(app: web.Application, body: dict[str, Any]) -> AuthorizationReques
     pos = obj(body, "pos")
     channel = _channel(pos)
     partial = opt_bool(obj(pos, "terminal", "pos."), "partial_approval_capable")
-    parent_id = auth_id if sequence > 0 else None
     event_token = text(body, "event_token", "", 64)
+    provider_id = token
+    if listed is None and event_token:
+        # current shape: every request of the transaction (initial or incremental) carries its
+        # own event_token and no history, so the event is the request's identity and the
+        # transaction's existence says whether it raises a hold; a retry keeps its event_token,
+        # and its identity is found before the parent is looked at
+        provider_id = ident(body, "event_token")
+        parent_id = auth_id if opened else None
+        identity: object = "event"
+    else:
+        parent_id = auth_id if sequence > 0 else None
+        identity = parent_id
     return AuthorizationRequest(
-        provider=PROVIDER, provider_id=token, sequence=sequence, authorization_id=auth_id,
+        provider=PROVIDER, provider_id=provider_id, sequence=sequence, authorization_id=auth_id,
         card_id=card_id, amount_minor=amount, currency=currency, merchant_id=merchant_id,
         merchant_name=merchant_name, mcc=mcc, country=where, channel=channel,
         partial_allowed=partial, parent_id=parent_id,
         request_hash=request_hash(
             card_id, amount, currency, merchant_id, merchant_name, mcc, where, channel, partial,
-            parent_id, event_token,
+            identity, event_token,
         ),
     )
 
@@ -207,9 +224,13 @@ async def asa(request: web.Request) -> web.Response:
     status = req_str(body, "status", 64)
     token = ident(body, "token")
     if status in _DEBIT and _amount(body, allow_zero=True)[0] > 0:
-        req = parse_asa(app, body)
+        opened = False
+        if body.get("events") is None and body.get("event_token"):
+            opened = bool(await app[POOL].fetchval(
+                "SELECT 1 FROM authorizations WHERE id = $1", canonical_id(PROVIDER, token)))
+        req = parse_asa(app, body, opened)
         decision = await decide(request, req, started)
-        return json_response(asa_body(req.provider_id, decision))
+        return json_response(asa_body(token, decision))
     if status in _DEBIT:
         # a zero-amount verification: nothing to hold, the card only has to be usable
         account = await usable_account(request, ident(obj(body, "card"), "token", "card."))

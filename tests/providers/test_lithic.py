@@ -273,3 +273,31 @@ async def test_bad_input_is_a_400_with_a_stable_code_and_changes_nothing(
         assert (r.status, r.body["error"]["code"]) == (400, code), body
         assert "4111" not in r.body["error"]["message"]
     assert await footprint(db) == before
+
+
+async def test_current_shape_incremental_rides_on_its_event_token(
+        api: Api, providers: Providers) -> None:
+    """Today's ASA carries an event_token per request and no events history: the first request
+    on a token opens the authorisation, a later one on the same token raises its hold, and a
+    retry of either (same event_token) gets the identical answer."""
+    card = token()
+    account = await register_card(api, card, "GBP", 10_000)
+    asa_token = token()
+
+    def current(amount: int, event_token: str) -> bytes:
+        body = lithic_asa(card, amount, asa_token=asa_token)
+        del body["events"]
+        body["event_token"] = event_token
+        return dumps(body)
+
+    first, more = current(4_000, token()), current(1_500, token())
+    r1 = await providers.lithic("asa", first)
+    assert r1.body == {"token": asa_token, "result": "APPROVED"}
+    r2 = await providers.lithic("asa", more)
+    assert r2.body == {"token": asa_token, "result": "APPROVED"}
+    assert (await providers.lithic("asa", first)).body == r1.body
+    assert (await providers.lithic("asa", more)).body == r2.body
+    assert await api.balances(account) == {"posted": 10_000, "held": 5_500, "available": 4_500}
+    got = await api.admin("GET", f"/v1/authorizations/lithic:{asa_token}")
+    assert [h["kind"] for h in got.body["history"]] == ["initial", "incremental"]
+    assert got.body["held_amount"] == 5_500
