@@ -66,10 +66,12 @@ class Authorizer:
         self._deadline_s = settings.decision_deadline_ms / 1000
         self._background: set[asyncio.Task[None]] = set()  # give-backs: drained on stop
         self._followers: set[asyncio.Task[None]] = set()  # late-decision checks: cancelled
+        self._standing_in = False
 
     async def authorize(self, req: AuthorizationRequest) -> Decision:
         """Decide within the deadline, whatever the dependencies do."""
-        deadline = time.perf_counter() + self._deadline_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline_s
         now = self._clock()
         now_s = int(now)
         verdict = await self._check_redis(req, now_s)
@@ -87,11 +89,14 @@ class Authorizer:
             )
         )
         started = time.perf_counter()
+        # One task for the ledger call, shielded: once it is on its way, neither the deadline
+        # nor a caller hanging up cuts it in half; its own bounds (below) keep it to the deadline
+        task = asyncio.ensure_future(self._record(req, verdict, rule_reason, when, expires,
+                                                  deadline))
+        task.add_done_callback(_retrieve)
         try:
-            # shielded: once the ledger call is on its way, a caller hanging up must not cut it
-            # in half; its own timeouts (below) bound it by the deadline
-            result = await asyncio.shield(
-                self._record(req, verdict, rule_reason, when, expires, deadline))
+            async with asyncio.timeout_at(deadline):
+                result = await asyncio.shield(task)
         except TimeoutError:
             self._metrics.deadline_exceeded.inc()
             log.error("ledger too slow, declining %s at the deadline", req.provider_id)
@@ -131,11 +136,14 @@ class Authorizer:
             # (a cache miss reads the card from PostgreSQL: if that fails too, the ledger call
             # that follows fails the same way and answers issuer_unavailable)
             self._metrics.redis_errors.labels("decide").inc()
+            self._standing_in = True
             self._metrics.stand_in.set(1)
             log.warning("redis unavailable, standing in for %s: %s", req.provider_id,
                         type(exc).__name__)
             return None
-        self._metrics.stand_in.set(0)
+        if self._standing_in:
+            self._standing_in = False
+            self._metrics.stand_in.set(0)
         self._metrics.observe_redis("decide", time.perf_counter() - started)
         return verdict
 
@@ -143,17 +151,18 @@ class Authorizer:
         self, req: AuthorizationRequest, verdict: Verdict | None, rule_reason: Reason | None,
         when: dt.datetime, expires: dt.datetime, deadline: float,
     ) -> ledger.AuthorizeResult:
-        """The ledger call, bounded by the deadline: waiting for a connection counts, and a
-        statement still running at the deadline is cancelled on the server (rolled back)."""
+        """The ledger call, bounded by the deadline: a connection obtained after it is given
+        back unused, and a statement still running at it is cancelled on the server (rolled
+        back)."""
+        loop = asyncio.get_running_loop()
         for attempt in (1, 2):
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                raise TimeoutError
             try:
-                async with self._pool.acquire(timeout=remaining) as conn:
+                async with self._pool.acquire() as conn:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        raise TimeoutError
                     return await self._call_ledger(
-                        conn, req, verdict, rule_reason, when, expires,
-                        max(deadline - time.perf_counter(), 0.001))
+                        conn, req, verdict, rule_reason, when, expires, remaining)
             except asyncpg.UniqueViolationError:
                 # a concurrent request with the same identity but another card committed first;
                 # the second attempt finds its row and answers as a replay or conflict
@@ -250,6 +259,13 @@ class Authorizer:
         for task in list(self._followers):
             task.cancel()
         await asyncio.gather(*list(self._followers), return_exceptions=True)
+
+
+def _retrieve(task: asyncio.Task[ledger.AuthorizeResult]) -> None:
+    """A ledger task the deadline gave up on still ends with a result or an error: take it, so
+    asyncio does not report it as never retrieved (the follow-up reads the ledger itself)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _month(now_s: int) -> int:

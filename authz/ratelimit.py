@@ -67,7 +67,7 @@ local window = tonumber(ARGV[2])
 local elapsed = tonumber(ARGV[3])
 local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if previous * (window - elapsed) / window + current >= limit then
+if previous * (window - elapsed) + current * window >= limit * window then
   return {0, previous, current}
 end
 current = redis.call('INCR', KEYS[1])
@@ -84,18 +84,22 @@ class Verdict:
     retry_after_s: int = 0
 
 
-def retry_after_s(limit: int, window_s: float, elapsed_s: float, previous: int, current: int
+def retry_after_s(limit: int, window_ms: int, elapsed_ms: int, previous: int, current: int
                   ) -> int:
-    """Whole seconds until ``previous * (window - e) / window + current < limit`` holds again,
-    ``e`` being the time into a window (counting on into the next one when this one alone is
-    full). At least 1."""
+    """Whole seconds until a request is let through again: until ``previous * (window - e) /
+    window + current < limit``, ``e`` being the time into a window. Integer arithmetic, exactly
+    as the script compares. At least 1."""
+    ahead_ms = 0
     if current >= limit:
-        # this window alone is full: in the next one it becomes "previous", and must slide out
-        # far enough to leave room
-        wait = (window_s - elapsed_s) + window_s * (1 - limit / current)
-    else:
-        wait = window_s * (1 - (limit - current) / previous) - elapsed_s
-    return max(1, math.ceil(wait))
+        # this window alone is full: in the next one its count is the "previous" one, which
+        # must slide out far enough to leave room
+        previous, current, ahead_ms, elapsed_ms = current, 0, window_ms - elapsed_ms, 0
+    if previous <= 0:
+        return 1
+    # the first millisecond e with previous * (window - e) < (limit - current) * window
+    first_ms = (window_ms * previous - (limit - current) * window_ms) // previous + 1
+    wait_ms = ahead_ms + max(0, first_ms - elapsed_ms)
+    return max(1, -(-wait_ms // 1000))
 
 
 class RateLimit:
@@ -122,12 +126,13 @@ class RateLimit:
 
     async def check(self, redis: RedisClient, token_id: str, now_s: float, timeout_s: float
                     ) -> Verdict:
-        window, elapsed_s = divmod(now_s, self._window_s)
+        window_ms = self._window_s * 1000
+        window, elapsed_ms = divmod(int(now_s * 1000), window_ms)
         try:
             async with asyncio.timeout(timeout_s):
                 out = await redis.eval(
-                    _SCRIPT, 2, *self.keys(token_id, int(window)), str(self._limit),
-                    str(self._window_s * 1000), str(int(elapsed_s * 1000)))
+                    _SCRIPT, 2, *self.keys(token_id, window), str(self._limit), str(window_ms),
+                    str(elapsed_ms))
             allowed, previous, current = (int(x) for x in out)
         except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             self.errors.inc()
@@ -136,7 +141,7 @@ class RateLimit:
         if allowed:
             return Verdict(True)
         self.refused.inc()
-        return Verdict(False, retry_after_s(self._limit, self._window_s, elapsed_s, previous,
+        return Verdict(False, retry_after_s(self._limit, window_ms, elapsed_ms, previous,
                                             current))
 
     def _log_failure(self, now_s: float, exc: BaseException) -> None:

@@ -42,8 +42,11 @@ async def count_stand_in_approvals(pool: asyncpg.Pool, cache: PolicyCache, now_s
                     await cache.put(card)
                     await cache.count_late(*args)
         if rows:
+            # the predicate repeats the partial index's, so the update can use it
             await conn.execute("UPDATE authorization_requests SET counted = true"
-                               " WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+                               " WHERE id = ANY($1::bigint[]) AND stand_in"
+                               " AND decision = 'approve' AND NOT counted",
+                               [r["id"] for r in rows])
     return len(rows)
 
 

@@ -44,7 +44,7 @@ from benchmarks.servers import ServerProcess, free_port, start_server
 __all__ = ["main"]
 
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
-_DEDUPE_TTL_S: Final = 3600  # Settings.dedupe_ttl_s default: the server caches with the same
+_DEDUPE_TTL_S: Final = 3600  # PolicyCache wants one; warming the cache writes no dedupe keys
 _PAUSE_S: Final = 1.2  # between runs: let give-backs, WAL writes and the client process settle
 
 

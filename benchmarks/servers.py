@@ -78,7 +78,9 @@ async def start_server(name: str, argv: Sequence[str], env: Mapping[str, str], p
     async with aiohttp.ClientSession() as session:
         while True:
             if not server.alive():
-                raise RuntimeError(f"{name} exited at start-up:\n{server.log_tail()}")
+                tail = server.log_tail()
+                await server.stop()  # closes and removes the log
+                raise RuntimeError(f"{name} exited at start-up:\n{tail}")
             try:
                 async with session.get(f"http://127.0.0.1:{port}/healthz") as resp:
                     if resp.status == 200:
@@ -86,6 +88,8 @@ async def start_server(name: str, argv: Sequence[str], env: Mapping[str, str], p
             except aiohttp.ClientError:
                 pass
             if time.monotonic() > deadline:
+                tail = server.log_tail()
                 await server.stop()
-                raise RuntimeError(f"{name} did not answer /healthz in {_READY_TIMEOUT_S:.0f} s")
+                raise RuntimeError(
+                    f"{name} did not answer /healthz in {_READY_TIMEOUT_S:.0f} s:\n{tail}")
             await asyncio.sleep(0.1)

@@ -7,6 +7,7 @@ id, then act; Python only passes arguments and reads the result.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,18 +182,20 @@ async def deposit(
     )
 
 
-async def get_authorization(db: Executor, authorization_id: str) -> dict[str, Any] | None:
-    """The authorisation (found by its id or by the id of any of its requests) with its hold,
-    the history of its decisions and the lifecycle operations applied to it."""
+async def get_authorization(db: Executor, authorization_id: str, providers: Sequence[str]
+                            ) -> dict[str, Any] | None:
+    """The authorisation (found by its id or by the id of any of its requests at one of
+    ``providers``, an index lookup each) with its hold, the history of its decisions and the
+    lifecycle operations applied to it."""
     auth = await db.fetchrow(
         "SELECT a.*, h.state AS hold_state, h.authorized, h.posted AS hold_posted, h.released,"
         " h.remaining, h.expires_at"
         "  FROM authorizations a LEFT JOIN holds h ON h.id = a.id"
         " WHERE a.id = COALESCE("
         "   (SELECT id FROM authorizations WHERE id = $1),"
-        "   (SELECT authorization_id FROM authorization_requests WHERE provider_id = $1"
-        "     ORDER BY id LIMIT 1))",
-        authorization_id,
+        "   (SELECT authorization_id FROM authorization_requests"
+        "     WHERE provider = ANY($2::text[]) AND provider_id = $1 ORDER BY id LIMIT 1))",
+        authorization_id, list(providers),
     )
     if auth is None:
         return None

@@ -111,6 +111,12 @@ class TlsServer:
         return f"https://{HOST}:{self.port}"
 
 
+def _spawn(args: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "authz.cli", *args], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 @pytest.fixture(scope="module")
 async def tls_server(settings: Settings, pki: Pki, tmp_path_factory: pytest.TempPathFactory
                      ) -> AsyncIterator[TlsServer]:
@@ -133,9 +139,7 @@ async def tls_server(settings: Settings, pki: Pki, tmp_path_factory: pytest.Temp
         "HOLDFAST_REDIS_TIMEOUT_MS": "2000",
         "HOLDFAST_LOG_LEVEL": "INFO",
     }
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "authz.cli", "serve"], cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _spawn(["serve"], env, log_path)
     server = TlsServer(proc, port, log_path)
     try:
         await _wait_healthy(server, client_context(pki, (pki.client_cert, pki.client_key)))

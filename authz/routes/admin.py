@@ -28,6 +28,8 @@ from authz.http import (
     req_id,
     require_scope,
 )
+from authz.providers import lithic, marqeta, stripe
+from authz.routes import native
 from holds import ledger
 from holds.model import Account, AccountKind
 from policies.model import Policy, PolicyError
@@ -48,6 +50,8 @@ log = logging.getLogger("holdfast.admin")
 routes = web.RouteTableDef()
 
 _READERS: Final = ("support", "ops")
+# where a request id may come from (GET /v1/authorizations/{request id})
+_PROVIDERS: Final = (native.PROVIDER, lithic.PROVIDER, marqeta.PROVIDER, stripe.PROVIDER)
 _EXPIRES_RE: Final = re.compile(r"^[0-9]{4}-(0[1-9]|1[0-2])$")
 _LAST4_RE: Final = re.compile(r"^[0-9]{4}$")
 _KEY_RE: Final = re.compile(r"^[\x21-\x7e]{1,128}$")
@@ -229,7 +233,7 @@ def _iso(value: object) -> object:
 @routes.get("/v1/authorizations/{id}")
 async def get_authorization(request: web.Request) -> web.Response:
     require_scope(request, request.app[SETTINGS], *_READERS)
-    found = await ledger.get_authorization(request.app[POOL], _path_id(request))
+    found = await ledger.get_authorization(request.app[POOL], _path_id(request), _PROVIDERS)
     if found is None:
         raise NotFound("unknown_authorization", "no such authorization")
     a = found["authorization"]

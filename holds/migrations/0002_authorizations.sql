@@ -42,15 +42,17 @@ CREATE TABLE authorizations (
     country         char(2),
     channel         text,
     created_at      timestamptz NOT NULL,
-    updated_at      timestamptz NOT NULL,
-    UNIQUE (provider, provider_id)
+    updated_at      timestamptz NOT NULL
+    -- no index beyond the primary key: every index here is paid on each authorisation. The id
+    -- is derived from the provider's id by its adapter, and request identities are unique in
+    -- authorization_requests.
 );
-CREATE INDEX authorizations_card ON authorizations (card_id, created_at);
 
 -- Every decision ever returned, keyed by the provider's request identity. A retry of the same
 -- request finds its row and gets the same answer; declines are stored too.
 CREATE TABLE authorization_requests (
-    id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- arrival order (history, batch scans); the request identity below is the key
+    id               bigint GENERATED ALWAYS AS IDENTITY,
     provider         text NOT NULL,
     provider_id      text NOT NULL,
     sequence         integer NOT NULL CHECK (sequence >= 0),
@@ -72,7 +74,7 @@ CREATE TABLE authorization_requests (
     -- replayed, uses it to settle the counters exactly once
     counted          boolean NOT NULL DEFAULT false,
     decided_at       timestamptz NOT NULL,
-    UNIQUE (provider, provider_id, sequence),
+    PRIMARY KEY (provider, provider_id, sequence),
     CHECK ((decision = 'approve') = (approved_amount > 0))
 );
 CREATE INDEX authorization_requests_authorization ON authorization_requests (authorization_id);
@@ -96,7 +98,6 @@ CREATE TABLE holds (
     CHECK (state = 'open' OR remaining = 0)
 );
 CREATE INDEX holds_open_expiry ON holds (expires_at) WHERE state = 'open';
-CREATE INDEX holds_open_account ON holds (account_id) WHERE state = 'open';
 
 -- Decline reasons in their fixed order of precedence: when several apply, the lowest rank wins.
 CREATE FUNCTION hf_reason_rank(p_reason text) RETURNS integer
