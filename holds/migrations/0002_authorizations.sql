@@ -141,8 +141,15 @@ RETURNS TABLE (status text, authorization_id text, decision text, approved_amoun
                reason text, stand_in boolean, counted boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
-    card cards%ROWTYPE;
-    acct accounts%ROWTYPE;
+    -- the card and its account, read (and the account locked) in one statement
+    v_card_found boolean := false;
+    v_card_state text;
+    v_card_expires text;
+    v_account text;
+    v_currency text;
+    v_posted bigint;
+    v_held bigint;
+    v_overdraft bigint;
     parent authorizations%ROWTYPE;
     hold holds%ROWTYPE;
     prior authorization_requests%ROWTYPE;
@@ -152,13 +159,16 @@ DECLARE
     v_available bigint;
     v_approved bigint := 0;
 BEGIN
-    SELECT * INTO card FROM cards c WHERE c.id = p_card_id;
     IF v_incremental THEN
+        -- lock order everywhere: the hold, then the account
         SELECT * INTO hold FROM holds h WHERE h.id = v_auth_id FOR UPDATE;
     END IF;
-    IF card.id IS NOT NULL THEN
-        SELECT * INTO acct FROM accounts a WHERE a.id = card.account_id FOR UPDATE;
-    END IF;
+    SELECT true, c.state, c.expires, a.id, a.currency, a.posted, a.held, a.overdraft_limit
+      INTO v_card_found, v_card_state, v_card_expires, v_account, v_currency, v_posted, v_held,
+           v_overdraft
+      FROM cards c JOIN accounts a ON a.id = c.account_id
+     WHERE c.id = p_card_id
+       FOR UPDATE OF a;
 
     -- replay check after the locks: a concurrent retry of this request waits on them above and
     -- then finds the first one's committed decision here
@@ -192,16 +202,17 @@ BEGIN
         RETURN;
     END IF;
 
-    IF card.id IS NULL THEN
+    IF NOT coalesce(v_card_found, false) THEN
         v_reason := 'invalid_card';
-    ELSIF card.state = 'terminated' THEN
+    ELSIF v_card_state = 'terminated' THEN
         v_reason := hf_first_reason(v_reason, 'invalid_card');
-    ELSIF card.state = 'frozen' THEN
+    ELSIF v_card_state = 'frozen' THEN
         v_reason := hf_first_reason(v_reason, 'card_restricted');
-    ELSIF card.expires IS NOT NULL AND to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM') > card.expires THEN
+    ELSIF v_card_expires IS NOT NULL
+          AND to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM') > v_card_expires THEN
         v_reason := hf_first_reason(v_reason, 'card_expired');
     END IF;
-    IF v_reason IS NULL AND acct.currency <> p_currency THEN
+    IF v_reason IS NULL AND v_currency <> p_currency THEN
         v_reason := 'do_not_honor';
     END IF;
     IF v_reason IS NULL AND v_incremental AND (hold.id IS NULL OR hold.state <> 'open') THEN
@@ -211,7 +222,7 @@ BEGIN
         v_reason := 'amount_limit_exceeded';
     END IF;
     IF v_reason IS NULL THEN
-        v_available := acct.posted - acct.held + acct.overdraft_limit;
+        v_available := v_posted - v_held + v_overdraft;
         IF v_available >= p_amount THEN
             v_approved := p_amount;
             v_reason := 'approved';
@@ -232,7 +243,7 @@ BEGIN
         INSERT INTO authorizations (id, provider, provider_id, card_id, account_id, currency,
             state, requested_amount, approved_amount, merchant_id, merchant_name, mcc, country,
             channel, created_at, updated_at)
-        VALUES (v_auth_id, p_provider, p_provider_id, p_card_id, card.account_id, p_currency,
+        VALUES (v_auth_id, p_provider, p_provider_id, p_card_id, v_account, p_currency,
             CASE WHEN v_approved > 0 THEN 'pending' ELSE 'declined' END, p_amount, v_approved,
             p_merchant_id, p_merchant_name, p_mcc, p_country, p_channel, p_now, p_now);
     END IF;
@@ -254,10 +265,11 @@ BEGIN
         ELSE
             INSERT INTO holds (id, account_id, currency, state, authorized, remaining,
                 expires_at, created_at, updated_at)
-            VALUES (v_auth_id, acct.id, acct.currency, 'open', v_approved, v_approved,
+            VALUES (v_auth_id, v_account, v_currency, 'open', v_approved, v_approved,
                 p_hold_expires, p_now, p_now);
         END IF;
-        UPDATE accounts a SET held = a.held + v_approved, updated_at = p_now WHERE a.id = acct.id;
+        UPDATE accounts a SET held = a.held + v_approved, updated_at = p_now
+         WHERE a.id = v_account;
     END IF;
 
     RETURN QUERY SELECT 'new'::text, v_auth_id,
