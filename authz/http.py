@@ -20,6 +20,7 @@ __all__ = [
     "opt_bool",
     "opt_str",
     "parse_json_object",
+    "refuse_nul",
     "req_amount",
     "req_currency",
     "req_id",
@@ -37,7 +38,15 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
                         headers=headers)
 
 
+def refuse_nul(raw: bytes) -> None:
+    """PostgreSQL stores no NUL character in text or jsonb: refuse it at the door (as the JSON
+    escape; a raw NUL byte is not valid JSON anyway) rather than fail when storing."""
+    if b"\\u0000" in raw:
+        raise BadRequest("invalid_json", "strings must not contain the NUL character")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
+    refuse_nul(raw)
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:

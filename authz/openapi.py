@@ -29,6 +29,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 def _op(summary: str, ok: dict[str, Any], *errors: int, body: str | None = None,
         security: str = "bearer", params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    if security == "bearer":  # management calls are rate limited per token (authz.ratelimit)
+        errors = (*errors, 429)
     op: dict[str, Any] = {"summary": summary, "responses": {**ok, **_errors(*errors)}}
     if body:
         op["requestBody"] = {"required": True, **_json(_ref(body))}

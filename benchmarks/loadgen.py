@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import dataclasses
 import random
+import signal
 import sys
 import time
 from collections import deque
@@ -60,6 +61,12 @@ class Spec:
     max_rate: float = 8_000.0  # closed loop: requests pre-built per second of run
     server_pid: int | None = None
     postgres_pids: list[int] | None = None  # None: every postgres process on the machine
+    # open loop: also return each answered request's due time (Result.due_ms), so a caller can
+    # split one run into windows (e.g. before, during and after a background job)
+    keep_due: bool = False
+    # request ids start with a scrambled number (as random as a processor's UUIDs), so new rows
+    # land all over the primary-key indexes instead of at one end (traffic.build_bodies)
+    scatter_ids: bool = False
 
 
 @dataclass(slots=True)
@@ -79,6 +86,12 @@ class Result:
     max_backlog: int = 0
     exhausted: bool = False  # closed loop ran out of pre-built requests before the end
     build_s: float = 0.0
+    # with Spec.keep_due (open loop): the wall-clock (Unix) time of the measured window's start,
+    # each answered request's due time from it in ms (in the order of latencies_us), and the due
+    # times of the requests in the window that were never answered
+    window_start_unix: float = 0.0
+    due_ms: list[float] = field(default_factory=list)
+    lost_due_ms: list[float] = field(default_factory=list)
 
 
 class _Connection(asyncio.Protocol):
@@ -159,6 +172,7 @@ class _Run:
         self.max_backlog = 0
         self.measure_from = float("inf")  # start of the measured window
         self.stop_at = float("inf")  # closed loop: no new sends after this
+        self.stopped_early: float | None = None  # open loop: when stop_now() cut the schedule
         self.all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- connection callbacks ---------------------------------------------------------------
@@ -224,6 +238,17 @@ class _Run:
         else:
             self._check_done()
 
+    def stop_now(self) -> None:
+        """Open loop: drop every request not yet due, let those sent or queued finish (the
+        caller's signal that its experiment is over: SIGUSR1)."""
+        if self.stopped_early is not None or self.spec.mode != "open":
+            return
+        self.stopped_early = time.perf_counter()
+        k = self.next
+        for values in (self.requests, self.due, self.sent, self.done, self.status):
+            del values[k:]
+        self._check_done()
+
     def tick(self) -> None:
         """Open loop: send (or queue) every request that is due, then sleep until the next."""
         if self.all_done.done():
@@ -271,7 +296,8 @@ async def run(spec: Spec) -> Result:
         offsets = []
         count = round((spec.lead_in_s + spec.duration_s) * spec.max_rate)
     host = f"{spec.host}:{spec.port}"
-    bodies = build_bodies(count, cards=spec.cards, seed=spec.seed, id_prefix=spec.id_prefix)
+    bodies = build_bodies(count, cards=spec.cards, seed=spec.seed, id_prefix=spec.id_prefix,
+                          scatter_ids=spec.scatter_ids)
     requests = frame_requests(bodies, host=host, secret=spec.secret, now_s=int(time.time()))
     del bodies
     build_s = time.perf_counter() - started_build
@@ -290,6 +316,7 @@ async def run(spec: Spec) -> Result:
 
     start = time.perf_counter() + 0.01
     measure_from = start + spec.lead_in_s
+    window_start_unix = time.time() + (measure_from - time.perf_counter())
     state.measure_from = measure_from
     cpu_before: list[procstat.CpuSnapshot | None] = [None]
 
@@ -300,6 +327,10 @@ async def run(spec: Spec) -> Result:
     if spec.mode == "open":
         state.due = [start + o for o in offsets]
         state.idle.extend(conns)
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals: run it all
+            loop.add_signal_handler(signal.SIGUSR1, state.stop_now)
+        if spec.keep_due:  # tell the caller when the measured window starts (wall clock)
+            print(f"window-start {window_start_unix:.6f}", flush=True)
         loop.call_later(start - time.perf_counter(), state.tick)
         end = state.due[-1] if state.due else start
         timeout = end - time.perf_counter() + _DRAIN_S + spec.duration_s
@@ -315,7 +346,20 @@ async def run(spec: Spec) -> Result:
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()
-    return _summarise(spec, state, measure_from, cpu_s, build_s)
+    result = _summarise(spec, state, measure_from, cpu_s, build_s)
+    if spec.keep_due and spec.mode == "open":
+        result.window_start_unix = window_start_unix
+        result.due_ms, result.lost_due_ms = _due_times(state, measure_from)
+    return result
+
+
+def _due_times(state: _Run, measure_from: float) -> tuple[list[float], list[float]]:
+    answered: list[float] = []
+    lost: list[float] = []
+    for due, done in zip(state.due, state.done, strict=True):
+        if due >= measure_from:
+            (answered if done > 0 else lost).append(round((due - measure_from) * 1000, 3))
+    return answered, lost
 
 
 def _summarise(spec: Spec, state: _Run, measure_from: float, cpu_s: dict[str, float],
@@ -326,7 +370,10 @@ def _summarise(spec: Spec, state: _Run, measure_from: float, cpu_s: dict[str, fl
         window = [state.due[i] >= measure_from for i in range(n)]
         answered = [w and state.done[i] > 0 for i, w in enumerate(window)]
         last = max((state.done[i] for i in range(n) if answered[i]), default=measure_from)
-        duration = max(last - measure_from, spec.duration_s)
+        planned = spec.duration_s
+        if state.stopped_early is not None:
+            planned = max(0.001, state.stopped_early - measure_from)
+        duration = max(last - measure_from, planned)
         completed = sum(answered)
         errors = sum(window) - completed
         latencies = [d - s for d, s in zip(state.done, state.due, strict=True)]
@@ -372,6 +419,8 @@ def main(argv: list[str]) -> int:
         print("usage: python -m benchmarks.loadgen SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = Spec(**orjson.loads(Path(argv[0]).read_bytes()))
+    if hasattr(signal, "SIGUSR1"):  # a stop request before the run has begun changes nothing
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(run(spec))
     Path(argv[1]).write_bytes(orjson.dumps(dataclasses.asdict(result)))

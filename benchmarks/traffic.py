@@ -144,21 +144,27 @@ def _amount(rng: random.Random, category: _Category) -> int:
 
 
 def build_bodies(
-    count: int, *, cards: int, seed: int, id_prefix: str, mix: TrafficMix | None = None
+    count: int, *, cards: int, seed: int, id_prefix: str, mix: TrafficMix | None = None,
+    scatter_ids: bool = False,
 ) -> list[bytes]:
-    """``count`` request bodies (JSON bytes), ids ``<id_prefix>-<n>``, deterministic per seed."""
+    """``count`` request bodies (JSON bytes), ids ``<id_prefix>-<n>``, deterministic per seed.
+
+    With ``scatter_ids`` the ids are ``<8 hex digits>-<id_prefix>-<n>``, the hex a bijective
+    scramble of ``n``: new rows then land all over the primary-key indexes, as a processor's
+    random ids (UUIDs) do, instead of in one corner of them."""
     mix = mix or TrafficMix()
     rng = random.Random(seed)
     order, card_cum = _card_weights(cards, random.Random(cards))
     picks = rng.choices(order, cum_weights=card_cum, k=count)
-    profiles = [profile(i) for i in range(cards)]
+    profiles: dict[int, CardProfile] = {}  # only the cards picked (the universe may be 10^6)
     parents: list[_Parent] = []
     eligible = 0  # parents[:eligible] were built at least _INCREMENTAL_GAP requests ago
     out: list[bytes] = []
     for n, card_index in enumerate(picks):
         while eligible < len(parents) and parents[eligible].position <= n - _INCREMENTAL_GAP:
             eligible += 1
-        request_id = f"{id_prefix}-{n}"
+        request_id = (f"{(n * 0x9E3779B1 + seed) & 0xFFFFFFFF:08x}-{id_prefix}-{n}"
+                      if scatter_ids else f"{id_prefix}-{n}")
         if eligible and rng.random() < mix.incremental:
             parent = parents[rng.randrange(max(0, eligible - 2_000), eligible)]
             body = dict(parent.body)
@@ -168,7 +174,9 @@ def build_bodies(
             body.pop("partial_allowed", None)
             out.append(orjson.dumps(body))
             continue
-        card = profiles[card_index]
+        card = profiles.get(card_index)
+        if card is None:
+            card = profiles[card_index] = profile(card_index)
         category = _CATEGORIES[
             rng.choices(range(len(_CATEGORIES)), cum_weights=_CATEGORY_WEIGHTS)[0]
         ]

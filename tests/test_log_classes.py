@@ -6,6 +6,7 @@ operational data is written as it is — in messages, their arguments, exception
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,9 @@ IBAN = "GB82WEST12345698765432"
 RESTRICTED_VALUES = (PAN, AMEX, "4111-1111-1111-1111", "123", "4321", "ABCDEF0123456789")
 
 
+_LOGGERS = itertools.count()
+
+
 class Written:
     """A logger whose output goes through the production handler set-up into memory."""
 
@@ -34,7 +38,8 @@ class Written:
         self.handler = logging.StreamHandler(self.buffer)
         self.handler.addFilter(DataClassFilter())
         self.handler.setFormatter(JsonFormatter())
-        self.log = logging.getLogger(f"holdfast.test_log_classes.{id(self)}")
+        # a fresh logger per test (its name free of long digit runs: it is not masked)
+        self.log = logging.getLogger(f"holdfast.test_log_classes.w{next(_LOGGERS)}")
         self.log.addHandler(self.handler)
         self.log.propagate = False
         self.log.setLevel(logging.DEBUG)

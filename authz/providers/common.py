@@ -24,7 +24,7 @@ from aiohttp import web
 
 from authz.app import AUTHORIZER, CLOCK, METRICS, POOL
 from authz.errors import BadRequest, Conflict, Unauthorized
-from authz.http import ID_RE, opt_str, req_id
+from authz.http import ID_RE, opt_str, refuse_nul, req_id
 from authz.providers.countries import alpha2_of
 from clearing.events import LifecycleEvent
 from clearing.inbox import store_event
@@ -111,6 +111,7 @@ def _object(body: object) -> dict[str, Any]:
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     """A JSON object whose amounts are integers (Lithic, Stripe): orjson, as native does."""
+    refuse_nul(raw)
     try:
         return _object(orjson.loads(raw))
     except orjson.JSONDecodeError:
@@ -124,6 +125,7 @@ def _no_constant(name: str) -> Any:
 def parse_exact_json(raw: bytes) -> dict[str, Any]:
     """A JSON object whose decimal numbers stay exact (``Decimal``, never ``float``): Marqeta sends
     money in major units and 0.1 + 0.2 must not become 0.30000000000000004."""
+    refuse_nul(raw)
     try:
         body = json.loads(raw, parse_float=Decimal, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # includes JSONDecodeError and over-long integers

@@ -255,6 +255,9 @@ async def jit(request: web.Request) -> web.Response:
                             allow_zero=method not in _DEBIT)
     if method in _DEBIT:
         req = parse_jit(app, body, funding, amount, currency)
+        # every field of the answer is validated before the decision places a hold: a request
+        # we would refuse must not leave one behind
+        _echo(funding, amount, currency)
         return _answer(funding, currency, await decide(request, req, started), amount)
     if method in _INQUIRY or method == _VERIFICATION:
         account = await usable_account(request, ident(body, "card_token"))

@@ -20,7 +20,7 @@ _PAGE = 100
 async def list_quarantined(request: web.Request) -> web.Response:
     require_scope(request, request.app[SETTINGS], "ops", "support")
     after = request.query.get("after", "0")
-    if not after.isdigit():
+    if not (after.isascii() and after.isdigit()) or len(after) > 18:
         raise BadRequest("invalid_cursor", "after must be an inbox event id")
     rows = await request.app[POOL].fetch(
         "SELECT id, provider, provider_event_id, type, attempts, quarantine_reason, received_at"
@@ -40,7 +40,7 @@ async def list_quarantined(request: web.Request) -> web.Response:
 async def retry(request: web.Request) -> web.Response:
     require_scope(request, request.app[SETTINGS], "ops")
     raw = request.match_info["inbox_id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound("not_found", "no such event")
     if not await retry_event(request.app[POOL], int(raw)):
         raise NotFound("not_quarantined", "no quarantined event with this id")
