@@ -38,7 +38,7 @@ async def apply_dispute_event(
         return "unknown"
     account = auth["account_id"]
     # lock order as everywhere: the account before anything that depends on its balance
-    await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account)
+    await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account)
     if await conn.fetchval("SELECT 1 FROM ledger_operations WHERE op_id = $1", op_id):
         return "replay"
     dispute_id = f"dsp_{authorization_id}"

@@ -105,7 +105,7 @@ def _lifecycle_event(ev: LifecycleEvent, row: asyncpg.Record) -> str:
 
 async def _advance(conn: Conn, authorization_id: str, event: str, now: dt.datetime) -> None:
     state = await conn.fetchval(
-        "SELECT state FROM authorizations WHERE id = $1 FOR UPDATE", authorization_id)
+        "SELECT state FROM authorizations WHERE id = $1 FOR NO KEY UPDATE", authorization_id)
     if state is None:  # a refund linked to an authorisation we never saw
         return
     target = next_state(state, event)  # raises IllegalTransition: the caller quarantines

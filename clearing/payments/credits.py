@@ -128,7 +128,7 @@ async def apply_credit(conn: Conn, bank_event_id: str, credit: Credit, now: dt.d
     target = await _match(conn, credit)
     account = target.account_id or await conn.fetchval(
         "SELECT hf_suspense_account($1)", credit.currency)
-    await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", account)
+    await conn.execute("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE", account)
     tx = await conn.fetchval(
         "SELECT hf_transfer('inbound_credit', $1, NULL, $2, $3, $4, false, $5)",
         f"credit:{credit.transaction_id}", account, credit.currency, credit.amount_minor,

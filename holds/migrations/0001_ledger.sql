@@ -156,7 +156,7 @@ BEGIN
     IF p_amount <= 0 THEN
         RAISE EXCEPTION 'deposit amount must be positive' USING ERRCODE = 'HF003';
     END IF;
-    SELECT * INTO acct FROM accounts a WHERE a.id = p_account FOR UPDATE;
+    SELECT * INTO acct FROM accounts a WHERE a.id = p_account FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown_account'::text, NULL::bigint, p_account, p_amount,
             NULL::text, p_reference, NULL::timestamptz;

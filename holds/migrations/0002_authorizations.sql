@@ -121,6 +121,11 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                 WHEN hf_reason_rank(b) < hf_reason_rank(a) THEN b ELSE a END
 $$;
 
+-- Account rows are locked FOR NO KEY UPDATE everywhere: it serialises every writer of a balance
+-- (it conflicts with itself and with UPDATE) but not the KEY SHARE locks that foreign-key checks
+-- take when another transaction inserts a row referencing the account (a hold, a posting, a
+-- sweep's journal entry), so those never make an authorisation wait.
+--
 -- The authorisation ledger operation. One call, one round trip: lock (hold, then account), check
 -- for a replay, decide funds, record the decision, place or raise the hold. Only after this
 -- commits may the caller approve.
@@ -168,7 +173,7 @@ BEGIN
            v_overdraft
       FROM cards c JOIN accounts a ON a.id = c.account_id
      WHERE c.id = p_card_id
-       FOR UPDATE OF a;
+       FOR NO KEY UPDATE OF a;
 
     -- replay check after the locks: a concurrent retry of this request waits on them above and
     -- then finds the first one's committed decision here

@@ -71,7 +71,7 @@ BEGIN
     IF auth.id IS NULL OR auth.account_id IS NULL THEN
         RETURN ROW('unknown', p_authorization_id, NULL, 0, 0, 0, false, NULL)::hf_op_result;
     END IF;
-    PERFORM 1 FROM accounts WHERE id = auth.account_id FOR UPDATE;
+    PERFORM 1 FROM accounts WHERE id = auth.account_id FOR NO KEY UPDATE;
     prior := hf_replay(p_op_id);
     IF prior.status IS NOT NULL THEN
         RETURN prior;
@@ -127,7 +127,7 @@ BEGIN
     IF v_account IS NULL THEN
         RETURN ROW('unknown', p_authorization_id, NULL, 0, 0, 0, false, NULL)::hf_op_result;
     END IF;
-    PERFORM 1 FROM accounts WHERE id = v_account FOR UPDATE;
+    PERFORM 1 FROM accounts WHERE id = v_account FOR NO KEY UPDATE;
     prior := hf_replay(p_op_id);
     IF prior.status IS NOT NULL THEN
         RETURN prior;
@@ -185,7 +185,7 @@ BEGIN
     IF v_account IS NULL THEN
         RETURN ROW('unknown', p_authorization_id, NULL, 0, 0, 0, false, NULL)::hf_op_result;
     END IF;
-    PERFORM 1 FROM accounts WHERE id = v_account FOR UPDATE;
+    PERFORM 1 FROM accounts WHERE id = v_account FOR NO KEY UPDATE;
     prior := hf_replay(p_op_id);
     IF prior.status IS NOT NULL THEN
         RETURN prior;
@@ -222,7 +222,8 @@ BEGIN
     IF card.id IS NULL THEN
         RETURN ROW('unknown', p_authorization_id, NULL, 0, 0, 0, false, NULL)::hf_op_result;
     END IF;
-    SELECT currency INTO v_currency FROM accounts WHERE id = card.account_id FOR UPDATE;
+    SELECT currency INTO v_currency FROM accounts WHERE id = card.account_id
+       FOR NO KEY UPDATE;
     prior := hf_replay(p_op_id);
     IF prior.status IS NOT NULL THEN
         RETURN prior;
@@ -287,7 +288,7 @@ BEGIN
         RETURN;
     END IF;
     PERFORM 1 FROM accounts WHERE id IN (SELECT account_id FROM holds WHERE id = ANY (v_ids))
-     ORDER BY id FOR UPDATE;
+     ORDER BY id FOR NO KEY UPDATE;
     INSERT INTO ledger_operations (op_id, kind, authorization_id, account_id, currency, requested,
                                    released, created_at)
     SELECT 'expire:' || id, 'expire', id, account_id, currency, remaining, remaining, p_now

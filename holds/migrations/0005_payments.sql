@@ -321,7 +321,7 @@ BEGIN
                                  ELSE 'conflict' END, prior.id;
         RETURN;
     END IF;
-    SELECT * INTO acct FROM accounts a WHERE a.id = p_account FOR UPDATE;
+    SELECT * INTO acct FROM accounts a WHERE a.id = p_account FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RETURN QUERY SELECT 'unknown_account'::text, NULL::text;
         RETURN;
@@ -384,7 +384,7 @@ BEGIN
         RAISE EXCEPTION 'payment % hold is % (expected %)', p_payment_id,
             coalesce(h.state, 'missing'), p_expected USING ERRCODE = 'HF010';
     END IF;
-    PERFORM 1 FROM accounts WHERE id = h.account_id FOR UPDATE;
+    PERFORM 1 FROM accounts WHERE id = h.account_id FOR NO KEY UPDATE;
     RETURN h;
 END $$;
 
