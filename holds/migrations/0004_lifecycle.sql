@@ -7,8 +7,9 @@ ALTER TABLE authorization_requests DROP CONSTRAINT authorization_requests_kind_c
 ALTER TABLE authorization_requests ADD CONSTRAINT authorization_requests_kind_check
     CHECK (kind IN ('initial', 'incremental', 'advice'));
 
--- Every lifecycle operation applied, once (op_id = '<provider>:<event id>' or
--- 'expire:<hold id>'); append-only. `posted`/`released` are what it did to the hold.
+-- Every lifecycle operation applied from an event, once (op_id = '<provider>:<event id>');
+-- append-only. `posted`/`released` are what it did to the hold. (The expiry sweep records its
+-- releases on the holds themselves.)
 CREATE TABLE ledger_operations (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     op_id            text NOT NULL UNIQUE,
@@ -270,39 +271,46 @@ BEGIN
         ::hf_op_result;
 END $$;
 
--- Expiry sweep: release up to p_limit holds past their window. Holds are taken with SKIP LOCKED
--- (a hold being cleared right now is left for the next batch), their accounts locked in id
--- order, and each account updated once per batch. The operation id derives from the hold id, so
--- a replayed sweep is harmless.
+-- Expiry sweep: release up to p_limit holds past their window, in one transaction.
+-- 1. One statement takes the due holds (SKIP LOCKED: a hold being cleared right now is left for
+--    the next batch), expires their authorisations and releases them; it touches no account.
+-- 2. Only then are the cardholders' accounts locked, in id order, and each updated once, so an
+--    authorisation on one of them waits for the tail of a batch, never all of it.
+-- Lock order stays hold -> account, as in hf_authorize, hf_post, hf_release. A replayed sweep is
+-- harmless: it only ever takes open holds. The hold row itself records the expiry (state,
+-- released, updated_at): no journal row per hold, which would cost a third of the sweep.
 CREATE FUNCTION hf_expire(p_now timestamptz, p_limit integer)
 RETURNS TABLE (holds_expired integer, amount_released bigint) LANGUAGE plpgsql AS $$
 DECLARE
-    v_ids text[];
-    v_total bigint;
+    v_count integer;
+    v_accounts text[];
+    v_amounts bigint[];
 BEGIN
-    SELECT array_agg(id) INTO v_ids FROM (
-        SELECT id FROM holds WHERE state = 'open' AND expires_at <= p_now
-         ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED) due;
-    IF v_ids IS NULL THEN
+    WITH due AS (
+        SELECT h.id, h.account_id, h.remaining FROM holds h
+         WHERE h.state = 'open' AND h.expires_at <= p_now
+         ORDER BY h.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
+    ), auths AS (
+        -- the authorisation lifecycle table's expiry row (clearing/lifecycle.py), in bulk
+        UPDATE authorizations a SET state = 'expired', updated_at = p_now FROM due d
+         WHERE a.id = d.id AND a.state IN ('pending', 'partially_reversed')
+    ), released AS (
+        UPDATE holds h SET released = h.released + h.remaining, remaining = 0,
+               state = 'expired', updated_at = p_now
+          FROM due d WHERE h.id = d.id
+    ), per_account AS (
+        SELECT d.account_id, sum(d.remaining)::bigint AS total FROM due d GROUP BY d.account_id
+    )
+    SELECT (SELECT count(*) FROM due), array_agg(p.account_id ORDER BY p.account_id),
+           array_agg(p.total ORDER BY p.account_id)
+      INTO v_count, v_accounts, v_amounts
+      FROM per_account p;
+    IF v_count = 0 THEN
         RETURN QUERY SELECT 0, 0::bigint;
         RETURN;
     END IF;
-    PERFORM 1 FROM accounts WHERE id IN (SELECT account_id FROM holds WHERE id = ANY (v_ids))
-     ORDER BY id FOR NO KEY UPDATE;
-    INSERT INTO ledger_operations (op_id, kind, authorization_id, account_id, currency, requested,
-                                   released, created_at)
-    SELECT 'expire:' || id, 'expire', id, account_id, currency, remaining, remaining, p_now
-      FROM holds WHERE id = ANY (v_ids);
+    PERFORM 1 FROM accounts WHERE id = ANY (v_accounts) ORDER BY id FOR NO KEY UPDATE;
     UPDATE accounts a SET held = a.held - s.total, updated_at = p_now
-      FROM (SELECT account_id, sum(remaining) AS total FROM holds WHERE id = ANY (v_ids)
-             GROUP BY account_id) s
-     WHERE a.id = s.account_id;
-    -- the authorisation lifecycle table's expiry row (clearing/lifecycle.py), applied in bulk
-    UPDATE authorizations SET state = 'expired', updated_at = p_now
-     WHERE id = ANY (v_ids) AND state IN ('pending', 'partially_reversed');
-    SELECT coalesce(sum(remaining), 0) INTO v_total FROM holds WHERE id = ANY (v_ids);
-    UPDATE holds SET released = released + remaining, remaining = 0, state = 'expired',
-           updated_at = p_now
-     WHERE id = ANY (v_ids);
-    RETURN QUERY SELECT cardinality(v_ids), v_total;
+      FROM unnest(v_accounts, v_amounts) AS s(id, total) WHERE a.id = s.id;
+    RETURN QUERY SELECT v_count, (SELECT coalesce(sum(t), 0)::bigint FROM unnest(v_amounts) t);
 END $$;
