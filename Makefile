@@ -5,7 +5,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ENVFILE := .holdfast/env
 
-.PHONY: run test check bench install services clean
+.PHONY: run test check bench bench-sweep bench-scale bench-profile install services clean
 
 $(PY):
 	python3 -m venv .venv
@@ -44,6 +44,18 @@ check: install
 
 bench: install
 	$(PY) -m benchmarks.run
+
+# the expiry sweep of 1,000,000 expired holds under hot-path load (~5 min, ~1 GB of disk)
+bench-sweep: install
+	$(PY) -m benchmarks.sweep $(BENCH_ARGS)
+
+# 1,000,000 cards and 10,000,000 authorisations against 10,000 cards (~20 min, ~8 GB of disk)
+bench-scale: install
+	$(PY) -m benchmarks.scale $(BENCH_ARGS)
+
+# py-spy on the server at saturation, summarised as text (needs: .venv/bin/pip install py-spy)
+bench-profile: install
+	$(PY) -m benchmarks.profile $(BENCH_ARGS)
 
 clean:
 	rm -rf .venv .holdfast .pytest_cache .mypy_cache .ruff_cache

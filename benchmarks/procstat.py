@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-__all__ = ["GROUPS", "CpuSnapshot", "Watch", "cpu_seconds", "find_watch", "snapshot"]
+__all__ = [
+    "GROUPS",
+    "CpuSnapshot",
+    "Watch",
+    "cpu_seconds",
+    "find_watch",
+    "process_cpu_seconds",
+    "snapshot",
+]
 
 _PROC: Final = Path("/proc")
 _TICK_S: Final = 1.0 / os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 0.01
@@ -46,6 +54,12 @@ def _comm_and_ticks(pid: int) -> tuple[str, int] | None:
     fields = raw[close + 2 :].split()
     # fields[0] is field 3 (state) of proc(5): utime and stime are fields 14 and 15
     return raw[open_ + 1 : close].decode(errors="replace"), int(fields[11]) + int(fields[12])
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU one process has used so far (None once it has exited)."""
+    found = _comm_and_ticks(pid)
+    return None if found is None else found[1] * _TICK_S
 
 
 def find_watch(server_pid: int | None, postgres_pids: Sequence[int] | None = None) -> Watch:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
@@ -70,6 +71,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         help="PostgreSQL server (any database: the benchmark creates its own)")
     p.add_argument("--redis", default=os.environ.get(
         "HOLDFAST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--pg-socket", default=None, metavar="DIR",
+                   help="the servers reach PostgreSQL over its Unix socket in DIR (e.g. "
+                        "/var/run/postgresql) instead of TCP loopback; both servers alike")
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra HOLDFAST_* setting for both servers, e.g. HOLDFAST_PG_POOL_SIZE=4"
                         " (repeatable)")
@@ -98,6 +102,7 @@ class _Bench:
     secret: str
     tmp: Path
     server_env: tuple[str, ...] = ()  # NAME=VALUE for both servers (--server-env)
+    pg_socket: str | None = None  # the servers' PostgreSQL connection: a Unix socket directory
 
 
 def _db_url(admin_url: str, name: str) -> str:
@@ -105,11 +110,17 @@ def _db_url(admin_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+def _socket_url(admin_url: str, name: str, directory: str) -> str:
+    user = urlsplit(admin_url).username or ""
+    return f"postgresql://{user}@/{name}?host={directory}"
+
+
 def _server_env(bench: _Bench, port: int, prefix: str) -> dict[str, str]:
     # nothing of the caller's Holdfast configuration may leak into the servers under test
     env = {k: v for k, v in os.environ.items() if not k.startswith("HOLDFAST_")}
     env.update({
-        "HOLDFAST_DATABASE_URL": bench.db_url,
+        "HOLDFAST_DATABASE_URL": (_socket_url(bench.pg_admin, bench.db_name, bench.pg_socket)
+                                  if bench.pg_socket else bench.db_url),
         "HOLDFAST_REDIS_URL": bench.redis_url,
         "HOLDFAST_REDIS_PREFIX": prefix,
         "HOLDFAST_PORT": str(port),
@@ -290,7 +301,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     db_name = f"holdfast_bench_{run_id}"
     tmp = Path(tempfile.mkdtemp(prefix="holdfast-bench-"))
     bench = _Bench(run_id, args.pg, db_name, _db_url(args.pg, db_name), args.redis,
-                   f"hfb:{run_id}:", secrets.token_hex(16), tmp, tuple(args.server_env))
+                   f"hfb:{run_id}:", secrets.token_hex(16), tmp, tuple(args.server_env),
+                   args.pg_socket)
     context = Context(title=f"Holdfast hot-path benchmark, {dt.date.today().isoformat()}")
     context.environment = [("code", code), *await _environment(bench)]
     context.settings = [
@@ -304,6 +316,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
                     f"{args.warmup:g} s closed-loop warm-up per server first"),
         ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
+        ("PostgreSQL connection", f"Unix socket in {args.pg_socket}" if args.pg_socket
+         else "TCP loopback"),
         ("command", "python -m benchmarks.run " + " ".join(sys.argv[1:])),
     ]
     servers: dict[str, ServerProcess] = {}

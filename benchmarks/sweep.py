@@ -66,9 +66,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="cardholders: the traffic's cards and the holds' accounts")
     p.add_argument("--rate", type=float, default=1_000.0, help="open-loop rate, req/s")
     p.add_argument("--connections", type=int, default=64, help="open-loop connections")
-    p.add_argument("--before", type=float, default=20.0, help="load before the sweep, s")
+    p.add_argument("--before", type=float, default=30.0, help="load before the sweep, s")
     p.add_argument("--after", type=float, default=15.0, help="load after the sweep, s")
-    p.add_argument("--max-sweep", type=float, default=220.0,
+    p.add_argument("--max-sweep", type=float, default=210.0,
                    help="the load run is planned for before + this; a sweep still running "
                         "then is measured to its end, but without load (signatures are valid "
                         "for 300 s, so before + max-sweep + after must stay under ~290 s)")
@@ -81,6 +81,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or 1000)")
     p.add_argument("--pause-ms", type=float, default=0.0,
                    help="pause between batches (--sweeper function only)")
+    p.add_argument("--sql", action="append", default=[], metavar="FILE",
+                   help="SQL applied to the benchmark's database after the load, e.g. a "
+                        "candidate hf_expire from benchmarks/experiments/ (repeatable)")
     p.add_argument("--pg", default=os.environ.get(
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     p.add_argument("--redis", default=os.environ.get(
@@ -89,10 +92,15 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="extra HOLDFAST_* setting for the server (repeatable)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 50,000 holds, 1,000 cards, short windows, nothing written")
+    p.add_argument("--label", default="",
+                   help="names the variant measured: results/<date>-sweep-<label>.md")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
+    if args.label and not re.fullmatch(r"[a-z0-9-]{1,40}", args.label):
+        p.error("--label: lower-case letters, digits and dashes")
     if args.pause_ms and args.sweeper != "function":
         p.error("--pause-ms needs --sweeper function (holdfast sweep has no pause)")
+    args.sql_texts = [(path, Path(path).read_text()) for path in args.sql]
     if args.quick:
         args.holds, args.cards, args.before, args.after, args.warmup = 50_000, 1_000, 5, 3, 1
     if args.before + args.max_sweep + args.after > 290:
@@ -117,6 +125,17 @@ class _Samples:
     at: list[float] = field(default_factory=list)  # unix
     waiting: list[int] = field(default_factory=list)  # server connections waiting on a lock
     active: list[int] = field(default_factory=list)  # server connections running a statement
+    # the sweep's processes (its PostgreSQL backend; the `holdfast sweep` process): CPU seconds
+    # last seen, read while they live (they are gone by the time the window closes)
+    sweep_backend_s: dict[int, float] = field(default_factory=dict)
+    sweep_client_s: dict[int, float] = field(default_factory=dict)
+
+    def track(self) -> None:
+        for pids in (self.sweep_backend_s, self.sweep_client_s):
+            for pid in pids:
+                used = procstat.process_cpu_seconds(pid)
+                if used is not None:
+                    pids[pid] = used
 
 
 async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: asyncio.Event
@@ -124,22 +143,25 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
     conn = await asyncpg.connect(admin_url)
     try:
         while not stop.is_set():
-            row = await conn.fetchrow(
-                "SELECT count(*) FILTER (WHERE wait_event_type = 'Lock') AS waiting,"
-                " count(*) FILTER (WHERE state = 'active') AS active"
-                " FROM pg_stat_activity WHERE datname = $1 AND application_name = 'holdfast'",
+            rows = await conn.fetch(
+                "SELECT pid, application_name = 'holdfast' AS server,"
+                " wait_event_type = 'Lock' AS waiting, state = 'active' AS active"
+                " FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
                 db_name)
-            assert row is not None
             out.at.append(time.time())
-            out.waiting.append(row["waiting"])
-            out.active.append(row["active"])
+            out.waiting.append(sum(1 for r in rows if r["server"] and r["waiting"]))
+            out.active.append(sum(1 for r in rows if r["server"] and r["active"]))
+            for r in rows:
+                if not r["server"]:  # the sweep's connection
+                    out.sweep_backend_s.setdefault(r["pid"], 0.0)
+            out.track()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _SAMPLE_S)
     finally:
         await conn.close()
 
 
-async def _run_sweep(args: argparse.Namespace, url: str) -> _Sweep:
+async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _Sweep:
     out = _Sweep()
     if args.sweeper == "function":
         metrics = ConsumerMetrics()
@@ -171,6 +193,7 @@ async def _run_sweep(args: argparse.Namespace, url: str) -> _Sweep:
     proc = await asyncio.create_subprocess_exec(
         *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         stdin=asyncio.subprocess.DEVNULL)
+    samples.sweep_client_s[proc.pid] = 0.0
     stdout, _ = await proc.communicate()
     out.ended_unix = time.time()
     out.output = stdout.decode(errors="replace").strip()
@@ -238,7 +261,7 @@ async def _measure(args: argparse.Namespace, out: _Outcome, admin: str, url: str
         sampler = asyncio.create_task(
             _sample_locks(admin, db_name, out.samples, stop_sampling))
         during.open()
-        out.sweep = await _run_sweep(args, url)
+        out.sweep = await _run_sweep(args, url, out.samples)
         during.close()
         planned_end = window_start + args.before + args.max_sweep
         out.sweep_outlasted_load = out.sweep.ended_unix > planned_end
@@ -285,6 +308,13 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
             f"{args.holds:,} expired open holds (authorizations + authorization_requests + "
             f"holds, COPY FREEZE) over {len(out.loaded.held):,} accounts in "
             f"{out.loaded.seconds:.1f} s; {out.loaded.amount_open_minor:,} minor units held")
+        for path, text in args.sql_texts:
+            conn = await asyncpg.connect(url)
+            try:
+                await conn.execute(text)
+            finally:
+                await conn.close()
+            out.load_notes.append(f"applied {path}")
         broken = await bulk.check_references(url)
         if broken:
             raise RuntimeError("bulk load broke references: " + "; ".join(broken))
@@ -355,7 +385,8 @@ def _locks(samples: _Samples, lo: float, hi: float) -> tuple[str, str, str]:
 
 def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str, str]]) -> str:
     sw, r = out.sweep, out.result
-    lines = [f"# Holdfast expiry-sweep benchmark, {dt.date.today().isoformat()}", ""]
+    label = f" ({args.label})" if args.label else ""
+    lines = [f"# Holdfast expiry-sweep benchmark{label}, {dt.date.today().isoformat()}", ""]
     if r is None:
         return "\n".join([*lines, "The run did not complete; see the output above.", ""])
     parts = _split(r, sw)
@@ -399,16 +430,26 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
               f"{r.throughput:,.0f}/s; {r.errors:,} unanswered, {non_200:,} non-200. Client "
               f"queue at most {r.max_backlog:,} deep."]
     lines += ["", "## Where the CPU went, per window", "",
-              "Shares of both cores; *other* is work outside this benchmark (a shared machine); "
-              "the sweep's PostgreSQL backend counts under PostgreSQL, its client process "
-              "(idle, waiting on the database) under other.", ""]
+              "Shares of both cores; *other* is work outside this benchmark (a shared "
+              "machine). PostgreSQL (hot path) is the server's backends and the background "
+              "processes (WAL writer, checkpointer: they also write the sweep's WAL).", ""]
     rows = []
+    backend_s = sum(out.samples.sweep_backend_s.values())
+    client_s = sum(out.samples.sweep_client_s.values())
     for w in out.windows:
+        capacity = w.cpu.get("capacity", 0.0)
+        mine = (backend_s, client_s) if w.name == "during" else (0.0, 0.0)
+        other = max(0.0, w.cpu.get("other", 0.0) - sum(mine))
         rows.append([w.name, *(f"{w.share(g):.0%}" for g in
-                               ("machine", "server", "postgres", "redis", "client", "irq",
-                                "other", "steal"))])
-    lines += table(["window", "machine busy", "server", "postgres", "redis", "load generator",
-                    "kernel irq", "other", "steal"], rows, "lrrrrrrrr")
+                               ("machine", "server", "postgres", "redis", "client", "irq")),
+                     *(f"{x / capacity:.0%}" if capacity else "n/a" for x in (*mine, other)),
+                     f"{w.share('steal'):.0%}"])
+    lines += table(["window", "machine busy", "server", "postgres (hot path)", "redis",
+                    "load generator", "kernel irq", "sweep: its backend", "sweep: its client",
+                    "other", "steal"], rows, "lrrrrrrrrrr")
+    lines += ["", f"The sweep's PostgreSQL backend used {backend_s:.1f} s of CPU "
+              f"({backend_s / sw.holds * 1e6 if sw.holds else math.nan:.0f} µs per hold); its "
+              f"client process {client_s:.1f} s."]
     lines += ["", "## Hot-path latency over time", "",
               f"{_SERIES_S:g}-second buckets by due time; * = the sweep ran during the bucket.",
               ""]
@@ -461,7 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n" + text)
     if not args.no_write and not args.quick:
         RESULTS_DIR.mkdir(exist_ok=True)
-        path = RESULTS_DIR / f"{dt.date.today().isoformat()}-sweep.md"
+        label = f"-{args.label}" if args.label else ""
+        path = RESULTS_DIR / f"{dt.date.today().isoformat()}-sweep{label}.md"
         path.write_text(text)
         print(f"written to {path}")
     return 0 if ok else 1

@@ -1,19 +1,25 @@
--- A candidate hf_expire (not applied by the migrations): the same effects, fewer probes, and
--- the account locks taken last, so the hot path waits for one short UPDATE and the commit
--- instead of the whole batch. Applied to the benchmark's own database by
+-- A candidate hf_expire (NOT applied by the migrations; an experiment for the sweep benchmark):
+-- the same effects as migration 0004's, with the cardholders' accounts locked as late as
+-- possible, so a hot-path authorisation on one of them waits for the end of a batch instead of
+-- all of it. Applied to the benchmark's own database by
 --     python -m benchmarks.sweep --sql benchmarks/experiments/hf_expire_late_lock.sql
 --
--- 1. One statement picks the due holds (SKIP LOCKED, as before) and, from that one
---    materialised set, journals the expiry operations, expires the authorisations and releases
---    the holds: each hold is found once instead of five times (id = ANY(array) probes).
--- 2. Then, and only then, the accounts are locked in id order and updated once each.
--- Lock order stays hold -> account, as in hf_authorize, hf_post and hf_release, so no deadlock
--- is introduced; everything is still one transaction.
+-- 1. One statement picks the due holds (SKIP LOCKED, as before) and, from that materialised
+--    set, expires the authorisations and releases the holds (each hold found once, not five
+--    times through id = ANY(array)). Nothing here touches an account row.
+-- 2. Then the accounts are locked in id order, the expiry operations journalled (their foreign
+--    key to accounts takes KEY SHARE row locks, which block hf_authorize's FOR UPDATE: so the
+--    journal must come after, not before, the point where the accounts may be held), and each
+--    account updated once.
+-- Lock order stays hold -> account (as in hf_authorize, hf_post, hf_release): no new deadlock;
+-- it is still one transaction.
 CREATE OR REPLACE FUNCTION hf_expire(p_now timestamptz, p_limit integer)
 RETURNS TABLE (holds_expired integer, amount_released bigint) LANGUAGE plpgsql AS $$
 DECLARE
-    v_count integer;
-    v_total bigint;
+    v_ids text[];
+    v_hold_accounts text[];
+    v_currencies text[];
+    v_remaining bigint[];
     v_accounts text[];
     v_amounts bigint[];
 BEGIN
@@ -21,11 +27,6 @@ BEGIN
         SELECT h.id, h.account_id, h.currency, h.remaining FROM holds h
          WHERE h.state = 'open' AND h.expires_at <= p_now
          ORDER BY h.expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED
-    ), journal AS (
-        INSERT INTO ledger_operations (op_id, kind, authorization_id, account_id, currency,
-                                       requested, released, created_at)
-        SELECT 'expire:' || d.id, 'expire', d.id, d.account_id, d.currency, d.remaining,
-               d.remaining, p_now FROM due d
     ), auths AS (
         -- the authorisation lifecycle table's expiry row (clearing/lifecycle.py), in bulk
         UPDATE authorizations a SET state = 'expired', updated_at = p_now FROM due d
@@ -36,18 +37,26 @@ BEGIN
           FROM due d WHERE h.id = d.id
     ), per_account AS (
         SELECT d.account_id, sum(d.remaining)::bigint AS total FROM due d
-         GROUP BY d.account_id ORDER BY d.account_id
+         GROUP BY d.account_id
     )
-    SELECT (SELECT count(*) FROM due), (SELECT coalesce(sum(remaining), 0) FROM due),
+    SELECT (SELECT array_agg(id) FROM due), (SELECT array_agg(account_id) FROM due),
+           (SELECT array_agg(currency) FROM due), (SELECT array_agg(remaining) FROM due),
            array_agg(p.account_id ORDER BY p.account_id), array_agg(p.total ORDER BY p.account_id)
-      INTO v_count, v_total, v_accounts, v_amounts
+      INTO v_ids, v_hold_accounts, v_currencies, v_remaining, v_accounts, v_amounts
       FROM per_account p;
-    IF v_count = 0 THEN
+    IF v_ids IS NULL THEN
         RETURN QUERY SELECT 0, 0::bigint;
         RETURN;
     END IF;
     PERFORM 1 FROM accounts WHERE id = ANY (v_accounts) ORDER BY id FOR UPDATE;
+    INSERT INTO ledger_operations (op_id, kind, authorization_id, account_id, currency,
+                                   requested, released, created_at)
+    SELECT 'expire:' || u.id, 'expire', u.id, u.account_id, u.currency, u.remaining,
+           u.remaining, p_now
+      FROM unnest(v_ids, v_hold_accounts, v_currencies, v_remaining)
+           AS u(id, account_id, currency, remaining);
     UPDATE accounts a SET held = a.held - s.total, updated_at = p_now
       FROM unnest(v_accounts, v_amounts) AS s(id, total) WHERE a.id = s.id;
-    RETURN QUERY SELECT v_count, v_total;
+    RETURN QUERY SELECT cardinality(v_ids), (SELECT coalesce(sum(r), 0)::bigint
+                                              FROM unnest(v_remaining) AS r);
 END $$;
