@@ -240,8 +240,11 @@ async def _prepare(args: argparse.Namespace, small: _Target, big: _Target, out: 
         db_size = await conn.fetchval("SELECT pg_database_size(current_database())")
     finally:
         await conn.close()
-    out.data.append(f"big: references proved, VACUUM (ANALYZE) in {time.perf_counter() - t0:.1f}"
-                    f" s; database {db_size / 1024**3:.2f} GiB")
+    flushed = await dataset.checkpoint(big.url)
+    out.data.append("big: references proved, VACUUM (ANALYZE)"
+                    + (", CHECKPOINT" if flushed else "")
+                    + f" in {time.perf_counter() - t0:.1f} s; database "
+                    f"{db_size / 1024**3:.2f} GiB")
     print(out.data[-1], flush=True)
     out.sizes = [(r["relname"], f"{r['total'] / 1024**2:,.0f} MiB "
                                 f"(table {r['heap'] / 1024**2:,.0f} MiB)") for r in rows]
