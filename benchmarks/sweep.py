@@ -81,6 +81,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or 1000)")
     p.add_argument("--pause-ms", type=float, default=0.0,
                    help="pause between batches (--sweeper function only)")
+    p.add_argument("--nice", type=int, default=0, metavar="N",
+                   help="renice the sweep's PostgreSQL backend to N (1-19: lower CPU priority) "
+                        "as soon as it connects (needs the privilege and the same host)")
     p.add_argument("--sql", action="append", default=[], metavar="FILE",
                    help="SQL applied to the benchmark's database after the load, e.g. a "
                         "candidate CREATE OR REPLACE FUNCTION hf_expire (repeatable)")
@@ -138,8 +141,8 @@ class _Samples:
                     pids[pid] = used
 
 
-async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: asyncio.Event
-                        ) -> None:
+async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: asyncio.Event,
+                        nice: int = 0) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
         while not stop.is_set():
@@ -152,8 +155,11 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
             out.waiting.append(sum(1 for r in rows if r["server"] and r["waiting"]))
             out.active.append(sum(1 for r in rows if r["server"] and r["active"]))
             for r in rows:
-                if not r["server"]:  # the sweep's connection
-                    out.sweep_backend_s.setdefault(r["pid"], 0.0)
+                if not r["server"] and r["pid"] not in out.sweep_backend_s:  # the sweep's
+                    out.sweep_backend_s[r["pid"]] = 0.0
+                    if nice:
+                        with contextlib.suppress(OSError):
+                            os.setpriority(os.PRIO_PROCESS, r["pid"], nice)
             out.track()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), _SAMPLE_S)
@@ -259,7 +265,7 @@ async def _measure(args: argparse.Namespace, out: _Outcome, admin: str, url: str
         before.close()
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(
-            _sample_locks(admin, db_name, out.samples, stop_sampling))
+            _sample_locks(admin, db_name, out.samples, stop_sampling, args.nice))
         during.open()
         out.sweep = await _run_sweep(args, url, out.samples)
         during.close()
@@ -482,7 +488,8 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
               f"- sweeper: {args.sweeper} ({sw.output})",
               f"- load: open loop, Poisson, {args.rate:g}/s, {args.connections} connections, "
               f"{args.before:g} s before the sweep, {args.after:g} s after it, 1 s lead-in",
-              f"- server settings: {', '.join(args.server_env) or 'defaults'}",
+              f"- server settings: {', '.join(args.server_env) or 'defaults'}"
+              + (f"; the sweep's backend reniced to {args.nice}" if args.nice else ""),
               "- command: python -m benchmarks.sweep " + " ".join(sys.argv[1:])]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in environment]
     lines += [f"- background before the run: {out.background[0]:.0%} of the cores busy"]
