@@ -35,6 +35,7 @@ import datetime as dt
 import math
 import os
 import random
+import re
 import secrets
 import shutil
 import statistics
@@ -84,6 +85,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-restricted", action="store_true",
                    help="skip the big database with traffic restricted to 10k cards")
     p.add_argument("--redis-sample", type=int, default=2_000, help="keys sampled per kind")
+    p.add_argument("--db-setting", action="append", default=[], metavar="NAME=VALUE",
+                   help="ALTER DATABASE ... SET for both databases before the servers start, "
+                        "e.g. wal_compression=lz4 (repeatable; some need a superuser)")
     p.add_argument("--pg", default=os.environ.get(
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     p.add_argument("--redis", default=os.environ.get(
@@ -94,6 +98,10 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "database, short runs, nothing written")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
+    for item in args.db_setting:
+        name, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z_.]+", name) or "'" in value:
+            p.error(f"--db-setting wants name=value, got {item!r}")
     if args.quick:
         args.cards, args.history, args.small_cards = 50_000, 500_000, 2_000
         args.open_seconds, args.sat_seconds, args.rounds, args.warmup = 4.0, 3.0, 1, 1.0
@@ -362,6 +370,15 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     try:
         await _prepare(args, small, big, out)
         for t in (small, big):
+            for item in args.db_setting:
+                name, _, value = item.partition("=")
+                conn = await asyncpg.connect(args.pg)
+                try:
+                    await conn.execute(f'ALTER DATABASE "{t.db_name}" SET {name} = '
+                                       f"'{value}'")
+                finally:
+                    await conn.close()
+        for t in (small, big):
             t.server = await harness.start_holdfast(t.name, t.url, args.redis, t.prefix, secret,
                                                     args.server_env)
             print(f"{t.name}: holdfast on :{t.server.port} (pid {t.server.pid})", flush=True)
@@ -488,6 +505,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
               f"{args.concurrency} connections, {args.rounds} x {args.sat_seconds:g} s per "
               "target; targets alternated; 1 s lead-in per run",
               f"- server settings: {', '.join(args.server_env) or 'defaults'}",
+              f"- database settings: {', '.join(args.db_setting) or 'the server defaults'}",
               "- command: python -m benchmarks.scale " + " ".join(sys.argv[1:])]
     lines += ["", "## Machine", ""] + [f"- {k}: {v}" for k, v in environment]
     lines += [f"- background before the run: {out.background[0]:.0%} of the cores busy"]
