@@ -19,10 +19,10 @@ from typing import Any, Final
 import asyncpg
 from redis.exceptions import RedisError
 
+from authz.batcher import LedgerBatcher
 from authz.metrics import Metrics
 from authz.settings import Settings
 from holds import ledger
-from holds.db import Conn
 from holds.model import hold_window_s
 from policies.cache import PolicyCache, Verdict
 from policies.model import AuthorizationRequest, Decision, Reason
@@ -67,6 +67,10 @@ class Authorizer:
         self._background: set[asyncio.Task[None]] = set()  # give-backs: drained on stop
         self._followers: set[asyncio.Task[None]] = set()  # late-decision checks: cancelled
         self._standing_in = False
+        self._batcher = LedgerBatcher(
+            pool, metrics, stand_in_cap_minor=settings.stand_in_max_amount_minor,
+            max_batch=settings.pg_batch_max, max_inflight=settings.pg_batch_inflight,
+        )
 
     async def authorize(self, req: AuthorizationRequest) -> Decision:
         """Decide within the deadline, whatever the dependencies do."""
@@ -89,14 +93,23 @@ class Authorizer:
             )
         )
         started = time.perf_counter()
-        # One task for the ledger call, shielded: once it is on its way, neither the deadline
-        # nor a caller hanging up cuts it in half; its own bounds (below) keep it to the deadline
-        task = asyncio.ensure_future(self._record(req, verdict, rule_reason, when, expires,
-                                                  deadline))
-        task.add_done_callback(_retrieve)
+        item = ledger.AuthorizeItem(
+            req.provider, req.provider_id, req.sequence, req.authorization_id, req.parent_id,
+            req.card_id, req.amount_minor, req.currency, req.partial_allowed,
+            None if rule_reason is None else rule_reason.label,
+            None if verdict is None else verdict.card_version,
+            None if verdict is None else verdict.counters,
+            req.request_hash, when, expires, req.merchant_id, req.merchant_name, req.mcc,
+            req.country, req.channel, verdict is None,
+            verdict is not None and verdict.kind == "ok",
+        )
+        # The ledger call is shared with the requests batched with this one, and shielded: once
+        # it is on its way, neither the deadline nor a caller hanging up cuts it in half; its
+        # own bounds keep it to the deadline
+        future = self._batcher.submit(item, deadline)
         try:
             async with asyncio.timeout_at(deadline):
-                result = await asyncio.shield(task)
+                result = await asyncio.shield(future)
         except TimeoutError:
             self._metrics.deadline_exceeded.inc()
             log.error("ledger too slow, declining %s at the deadline", req.provider_id)
@@ -146,50 +159,6 @@ class Authorizer:
             self._metrics.stand_in.set(0)
         self._metrics.observe_redis("decide", time.perf_counter() - started)
         return verdict
-
-    async def _record(
-        self, req: AuthorizationRequest, verdict: Verdict | None, rule_reason: Reason | None,
-        when: dt.datetime, expires: dt.datetime, deadline: float,
-    ) -> ledger.AuthorizeResult:
-        """The ledger call, bounded by the deadline: a connection obtained after it is given
-        back unused, and a statement still running at it is cancelled on the server (rolled
-        back)."""
-        loop = asyncio.get_running_loop()
-        for attempt in (1, 2):
-            try:
-                async with self._pool.acquire() as conn:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        raise TimeoutError
-                    return await self._call_ledger(
-                        conn, req, verdict, rule_reason, when, expires, remaining)
-            except asyncpg.UniqueViolationError:
-                # a concurrent request with the same identity but another card committed first;
-                # the second attempt finds its row and answers as a replay or conflict
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    async def _call_ledger(
-        self, conn: Conn, req: AuthorizationRequest, verdict: Verdict | None,
-        rule_reason: Reason | None, when: dt.datetime, expires: dt.datetime, timeout_s: float,
-    ) -> ledger.AuthorizeResult:
-        return await ledger.authorize(
-            conn,
-            provider=req.provider, provider_id=req.provider_id, sequence=req.sequence,
-            authorization_id=req.authorization_id, parent_id=req.parent_id,
-            card_id=req.card_id, amount_minor=req.amount_minor, currency=req.currency,
-            partial_allowed=req.partial_allowed,
-            rule_reason=None if rule_reason is None else rule_reason.label,
-            policy_version=None if verdict is None else verdict.card_version,
-            counters=None if verdict is None else verdict.counters,
-            request_hash=req.request_hash, now=when, hold_expires=expires,
-            merchant_id=req.merchant_id, merchant_name=req.merchant_name, mcc=req.mcc,
-            country=req.country, channel=req.channel, stand_in=verdict is None,
-            stand_in_cap_minor=self._settings.stand_in_max_amount_minor,
-            counted=verdict is not None and verdict.kind == "ok",
-            timeout_s=timeout_s,
-        )
 
     async def _follow_late(self, req: AuthorizationRequest) -> None:
         """After answering 'issuer_unavailable' at the deadline, find out what the ledger did.
@@ -255,17 +224,11 @@ class Authorizer:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
     async def close(self) -> None:
+        await self._batcher.close()
         await self.drain()
         for task in list(self._followers):
             task.cancel()
         await asyncio.gather(*list(self._followers), return_exceptions=True)
-
-
-def _retrieve(task: asyncio.Task[ledger.AuthorizeResult]) -> None:
-    """A ledger task the deadline gave up on still ends with a result or an error: take it, so
-    asyncio does not report it as never retrieved (the follow-up reads the ledger itself)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def _month(now_s: int) -> int:

@@ -37,6 +37,15 @@ class Metrics:
             "holdfast_postgres_call_seconds", "PostgreSQL call latency", ["op"],
             buckets=_CALL_BUCKETS, registry=r,
         )
+        self.pg_batch_size = Histogram(
+            "holdfast_pg_batch_size", "Authorisations decided per ledger call (group commit)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
+        )
+        self.pg_batch_retries = Counter(
+            "holdfast_pg_batch_retries_total",
+            "Ledger batches that failed as a whole and were decided one request at a time",
+            registry=r,
+        )
         self.redis_errors = Counter(
             "holdfast_redis_errors_total", "Redis calls that failed or timed out", ["op"],
             registry=r,

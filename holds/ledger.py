@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -18,9 +18,11 @@ from holds.model import Account
 
 __all__ = [
     "AccountConflict",
+    "AuthorizeItem",
     "AuthorizeResult",
     "DepositResult",
     "authorize",
+    "authorize_many",
     "create_account",
     "deposit",
     "get_account",
@@ -33,6 +35,41 @@ _AUTHORIZE = (
     "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
     "$21,$22,$23)"
 )
+_AUTHORIZE_BATCH = (
+    "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted "
+    "FROM hf_authorize_batch($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,"
+    "$18,$19,$20,$21,$22,$23)"
+)
+
+
+class AuthorizeItem(NamedTuple):
+    """One authorisation request as the ledger takes it (``hf_authorize``'s arguments but the
+    stand-in cap, which is a server setting). A tuple, so a batch transposes into columns."""
+
+    provider: str
+    provider_id: str
+    sequence: int
+    authorization_id: str
+    parent_id: str | None
+    card_id: str
+    amount_minor: int
+    currency: str
+    partial_allowed: bool
+    # the Redis policy verdict (None: every rule passed)
+    rule_reason: str | None
+    policy_version: int | None
+    # the velocity counters the decision saw (JSON text), None when Redis did not count it
+    counters: str | None
+    request_hash: str
+    now: dt.datetime
+    hold_expires: dt.datetime
+    merchant_id: str
+    merchant_name: str
+    mcc: str
+    country: str
+    channel: str
+    stand_in: bool
+    counted: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +82,49 @@ class AuthorizeResult:
     stand_in: bool
     # whether the attempt that recorded the decision had counted it in the velocity counters
     counted: bool
+
+
+def _result(row: Sequence[Any]) -> AuthorizeResult:
+    return AuthorizeResult(
+        status=row[0],
+        authorization_id=row[1],
+        approved=row[2] == "approve",
+        approved_amount_minor=row[3],
+        reason=row[4],
+        stand_in=row[5],
+        counted=row[6],
+    )
+
+
+async def authorize_many(
+    db: Executor,
+    items: Sequence[AuthorizeItem],
+    *,
+    stand_in_cap_minor: int,
+    timeout_s: float | None = None,
+) -> list[AuthorizeResult]:
+    """Decide funds, record the decision and place (or raise) the hold for each item, in order,
+    in one transaction (``hf_authorize_batch``; a single item goes to ``hf_authorize``). Either
+    every item is recorded or none is. With ``timeout_s``, a call still running then is
+    cancelled on the server (rolled back) and TimeoutError raised."""
+    if len(items) == 1:
+        item = items[0]
+        row = await db.fetchrow(
+            _AUTHORIZE, *item[:21], stand_in_cap_minor, item.counted, timeout=timeout_s)
+        if row is None:  # the function always returns one row
+            raise RuntimeError("hf_authorize returned no row")
+        return [_result(row)]
+    columns: list[Any] = [list(column) for column in zip(*items, strict=True)]
+    rows = await db.fetch(
+        _AUTHORIZE_BATCH, *columns[:21], stand_in_cap_minor, columns[21], timeout=timeout_s)
+    if len(rows) != len(items):
+        raise RuntimeError(f"hf_authorize_batch answered {len(rows)} rows for {len(items)}")
+    results: list[AuthorizeResult | None] = [None] * len(items)
+    for row in rows:
+        results[row[0] - 1] = _result(row[1:])
+    if any(r is None for r in results):
+        raise RuntimeError("hf_authorize_batch left a request unanswered")
+    return [r for r in results if r is not None]
 
 
 async def authorize(
@@ -75,27 +155,15 @@ async def authorize(
     counted: bool,
     timeout_s: float | None = None,
 ) -> AuthorizeResult:
-    """Decide funds, record the decision and place (or raise) the hold, atomically. With
-    ``timeout_s``, a call still running then is cancelled on the server (rolled back) and
-    TimeoutError raised."""
-    row = await db.fetchrow(
-        _AUTHORIZE,
+    """One request: ``authorize_many`` with a single item."""
+    item = AuthorizeItem(
         provider, provider_id, sequence, authorization_id, parent_id, card_id, amount_minor,
         currency, partial_allowed, rule_reason, policy_version, counters, request_hash, now,
-        hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in,
-        stand_in_cap_minor, counted, timeout=timeout_s,
+        hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in, counted,
     )
-    if row is None:  # the function always returns one row
-        raise RuntimeError("hf_authorize returned no row")
-    return AuthorizeResult(
-        status=row[0],
-        authorization_id=row[1],
-        approved=row[2] == "approve",
-        approved_amount_minor=row[3],
-        reason=row[4],
-        stand_in=row[5],
-        counted=row[6],
-    )
+    (result,) = await authorize_many(
+        db, [item], stand_in_cap_minor=stand_in_cap_minor, timeout_s=timeout_s)
+    return result
 
 
 class AccountConflict(ValueError):

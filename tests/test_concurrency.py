@@ -215,24 +215,24 @@ async def retry_overtakes_original(api: Api, raw: bytes, monkeypatch: pytest.Mon
                                    ) -> tuple[Reply, Reply]:
     """Send ``raw``, then its retry while the first attempt is between Redis and PostgreSQL, and
     let the retry reach the ledger first. Returns (first attempt's reply, retry's reply)."""
-    real_authorize = ledger.authorize
+    real_authorize = ledger.authorize_many
     original_counted = asyncio.Event()
     retry_recorded = asyncio.Event()
 
-    async def retry_first(db: Any, **kw: Any) -> ledger.AuthorizeResult:
+    async def retry_first(db: Any, items: Any, **kw: Any) -> list[ledger.AuthorizeResult]:
         # Redis hands ``counters`` only to the attempt that counted; hold that one back until
         # the retry (a duplicate to Redis) has been recorded
-        if kw["counters"] is not None:
+        if any(item.counters is not None for item in items):
             original_counted.set()
             async with asyncio.timeout(5):
                 await retry_recorded.wait()
-            return await real_authorize(db, **kw)
+            return await real_authorize(db, items, **kw)
         try:
-            return await real_authorize(db, **kw)
+            return await real_authorize(db, items, **kw)
         finally:
             retry_recorded.set()
 
-    monkeypatch.setattr(ledger, "authorize", retry_first)  # what the hot path calls
+    monkeypatch.setattr(ledger, "authorize_many", retry_first)  # what the hot path calls
     try:
         original = asyncio.create_task(api.authorize_raw(raw))
         async with asyncio.timeout(5):

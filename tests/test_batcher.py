@@ -1,0 +1,193 @@
+"""Group commit (authz/batcher.py): requests that queue behind a busy ledger are decided together
+in one transaction, each exactly as a call of its own would decide it; a request that breaks its
+batch is decided alone and does not take its neighbours with it; a request past its deadline is
+not sent. Against the test database, through the real ``hf_authorize_batch``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+from collections.abc import Sequence
+
+import asyncpg
+import pytest
+
+from authz.batcher import LedgerBatcher
+from authz.metrics import Metrics
+from holds import ledger
+from tests.support import Api, uid
+from tests.test_concurrency import account_row, open_holds
+
+
+def item(card_id: str, amount: int, currency: str = "GBP", *, request_id: str | None = None,
+         parent_id: str | None = None, partial: bool = False) -> ledger.AuthorizeItem:
+    request_id = request_id or uid("b")
+    now = dt.datetime.now(dt.UTC)
+    return ledger.AuthorizeItem(
+        "native", request_id, 1 if parent_id else 0, f"native:{request_id}", parent_id,
+        card_id, amount, currency, partial, None, 1, None, f"hash-{request_id}-{amount}", now,
+        now + dt.timedelta(days=7), "m-1", "Corner Shop", "5411", "GB", "pos", False, False)
+
+
+def batcher(db: asyncpg.Pool, metrics: Metrics, *, inflight: int, max_batch: int = 64
+            ) -> LedgerBatcher:
+    return LedgerBatcher(db, metrics, stand_in_cap_minor=10_000, max_batch=max_batch,
+                         max_inflight=inflight)
+
+
+def sample(metrics: Metrics, name: str) -> float:
+    value = metrics.registry.get_sample_value(name)
+    return 0.0 if value is None else value
+
+
+async def submit_all(b: LedgerBatcher, items: Sequence[ledger.AuthorizeItem], timeout_s: float = 10
+                     ) -> list[ledger.AuthorizeResult | BaseException]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    futures = [b.submit(i, deadline) for i in items]
+    return list(await asyncio.gather(*futures, return_exceptions=True))
+
+
+async def test_requests_queued_together_are_one_transaction_decided_in_arrival_order(
+        api: Api, db: asyncpg.Pool) -> None:
+    """A café's account holds 1,000; twelve 100s arrive together with one ledger slot: one call
+    decides them all, the first ten approved and the last two declined for funds."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=1)
+
+    results = await submit_all(b, [item(card, 100) for _ in range(12)])
+
+    assert [r.reason for r in results if isinstance(r, ledger.AuthorizeResult)] == (
+        ["approved"] * 10 + ["insufficient_funds"] * 2)
+    assert sample(metrics, "holdfast_pg_batch_size_count") == 1
+    assert sample(metrics, "holdfast_pg_batch_size_sum") == 12
+    assert await account_row(db, acct) == (1_000, 1_000)
+    assert await open_holds(db, acct) == (10, 1_000)
+    await b.close()
+
+
+async def test_a_retry_in_the_same_batch_gets_the_same_answer_and_one_hold(
+        api: Api, db: asyncpg.Pool) -> None:
+    acct = await api.account("GBP", funds=5_000)
+    card = await api.card(acct)
+    first = item(card, 700)
+    other = item(card, 300)
+    b = batcher(db, Metrics(), inflight=1)
+
+    results = await submit_all(b, [first, first, other])
+
+    assert all(isinstance(r, ledger.AuthorizeResult) for r in results)
+    a, retry, b2 = (r for r in results if isinstance(r, ledger.AuthorizeResult))
+    assert (a.status, retry.status, b2.status) == ("new", "replay", "new")
+    assert (retry.approved, retry.approved_amount_minor, retry.reason,
+            retry.authorization_id) == (True, 700, "approved", a.authorization_id)
+    assert await open_holds(db, acct) == (2, 1_000)
+    await b.close()
+
+
+async def test_an_incremental_after_its_parent_in_one_batch_raises_the_hold(
+        api: Api, db: asyncpg.Pool) -> None:
+    """A hotel: check-in 200, then +50 for the minibar, arriving together."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    b = batcher(db, Metrics(), inflight=1)
+    parent = item(card, 200)
+    first = await submit_all(b, [parent])
+    assert isinstance(first[0], ledger.AuthorizeResult) and first[0].approved
+    results = await submit_all(b, [
+        item(card, 50, request_id=parent.provider_id, parent_id=parent.authorization_id),
+        item(card, 100)])
+
+    assert [(r.status, r.approved_amount_minor) for r in results
+            if isinstance(r, ledger.AuthorizeResult)] == [("new", 50), ("new", 100)]
+    hold = await db.fetchrow("SELECT authorized, remaining FROM holds WHERE id = $1",
+                             parent.authorization_id)
+    assert hold is not None and (hold["authorized"], hold["remaining"]) == (250, 250)
+    assert await account_row(db, acct) == (1_000, 350)
+    await b.close()
+
+
+async def test_a_request_that_breaks_its_batch_does_not_take_its_neighbours_down(
+        api: Api, db: asyncpg.Pool) -> None:
+    """A four-letter currency gets past no entry point's validation, but if one did, the batch
+    it is in fails in PostgreSQL: the batch is rolled back and its requests decided one by one,
+    so only that request fails."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=1)
+    bad = item(card, 100, "GBPX")
+
+    results = await submit_all(b, [item(card, 100), bad, item(card, 200)])
+
+    assert isinstance(results[1], asyncpg.PostgresError)
+    assert [(r.status, r.approved_amount_minor) for r in (results[0], results[2])
+            if isinstance(r, ledger.AuthorizeResult)] == [("new", 100), ("new", 200)]
+    assert sample(metrics, "holdfast_pg_batch_retries_total") == 1
+    assert await db.fetchval("SELECT count(*) FROM authorizations WHERE id = $1",
+                             bad.authorization_id) == 0
+    assert await open_holds(db, acct) == (2, 300)
+    await b.close()
+
+
+async def test_a_request_past_its_deadline_is_not_sent(api: Api, db: asyncpg.Pool) -> None:
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    b = batcher(db, Metrics(), inflight=1)
+    late = item(card, 100)
+    on_time = item(card, 100)
+    loop = asyncio.get_running_loop()
+
+    late_future = b.submit(late, loop.time() - 0.001)
+    on_time_future = b.submit(on_time, loop.time() + 10)
+
+    with pytest.raises(TimeoutError):
+        await late_future
+    assert (await on_time_future).approved
+    assert await db.fetchval("SELECT count(*) FROM authorization_requests WHERE provider_id = $1",
+                             late.provider_id) == 0
+    assert await open_holds(db, acct) == (1, 100)
+    await b.close()
+
+
+async def test_overlapping_batches_across_accounts_never_deadlock(
+        api: Api, db: asyncpg.Pool) -> None:
+    """Four slots, small batches, cards of six accounts in random order, incrementals mixed in:
+    batches that share accounts run at the same time. Every account locks in one order, so no
+    batch waits on another in a cycle (a deadlock would show as a failed batch, retried)."""
+    accounts = [await api.account("GBP", funds=10_000) for _ in range(6)]
+    cards = [await api.card(a) for a in accounts]
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=4, max_batch=8)
+    rng = random.Random(7)
+    parents = [item(c, 100) for c in cards]
+    assert all(isinstance(r, ledger.AuthorizeResult) and r.approved
+               for r in await submit_all(b, parents))
+
+    wave: list[ledger.AuthorizeItem] = []
+    for _ in range(300):
+        if rng.random() < 0.1:
+            p = rng.choice(parents)
+            wave.append(item(p.card_id, 10, request_id=p.provider_id + f"-{len(wave)}",
+                             parent_id=p.authorization_id))
+        else:
+            wave.append(item(rng.choice(cards), rng.randint(1, 60)))
+    deadline = asyncio.get_running_loop().time() + 20
+    futures = []
+    for i, it in enumerate(wave):
+        futures.append(b.submit(it, deadline))
+        if i % 5 == 4:
+            await asyncio.sleep(0)  # let batches start while others queue
+    results = await asyncio.gather(*futures, return_exceptions=True)
+
+    failures = [r for r in results if not isinstance(r, ledger.AuthorizeResult)]
+    assert failures == []
+    assert sample(metrics, "holdfast_pg_batch_retries_total") == 0
+    assert sample(metrics, "holdfast_pg_batch_size_count") > 4
+    for acct in accounts:
+        posted, held = await account_row(db, acct)
+        count, remaining = await open_holds(db, acct)
+        assert (posted, held) == (10_000, remaining)
+    await b.close()
