@@ -189,5 +189,6 @@ async def test_overlapping_batches_across_accounts_never_deadlock(
     for acct in accounts:
         posted, held = await account_row(db, acct)
         count, remaining = await open_holds(db, acct)
+        assert count > 1
         assert (posted, held) == (10_000, remaining)
     await b.close()
