@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import os
 import signal
 import sys
@@ -91,6 +92,11 @@ async def _serve(settings: Settings, worker_index: int | None = None) -> int:
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048,
                        ssl_context=ssl_context)
     await site.start()
+    # Everything built so far (modules, the app, pools) lives as long as the process: move it out
+    # of the cyclic collector's sight, so a full collection walks only what requests allocate
+    # and does not stall the event loop for milliseconds (a p99 matter)
+    gc.collect()
+    gc.freeze()
     scheme = "http" if ssl_context is None else "https"
     print(f"holdfast serving on {scheme}://{settings.host}:{settings.port} (pid {os.getpid()})",
           flush=True)

@@ -102,6 +102,8 @@ class Settings:
     # scrape of the shared SO_REUSEPORT port lands on whichever worker the kernel picks
     worker_metrics_port: int = 9110
     stats_interval_s: int = 15
+    # the open-holds gauges count every open hold: a slower clock of their own
+    open_holds_interval_s: int = 60
     stand_in_reconcile_interval_s: float = 5.0
     log_level: str = "INFO"
     # payments (clearing/payments): the bank provider, its webhooks, fees, virtual accounts
@@ -173,6 +175,7 @@ class Settings:
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             worker_metrics_port=_int(env, "HOLDFAST_WORKER_METRICS_PORT", 9110, 1, 65535),
             stats_interval_s=_int(env, "HOLDFAST_STATS_INTERVAL_S", 15, 1, 3600),
+            open_holds_interval_s=_int(env, "HOLDFAST_OPEN_HOLDS_INTERVAL_S", 60, 1, 86400),
             stand_in_reconcile_interval_s=_int(
                 env, "HOLDFAST_STAND_IN_RECONCILE_INTERVAL_S", 5, 1, 3600),
             log_level=env.get("HOLDFAST_LOG_LEVEL", "INFO").upper(),

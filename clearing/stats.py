@@ -1,15 +1,14 @@
-"""Figures an SRE watches, read from PostgreSQL in one round trip: inbox depth and age,
-quarantined events, open holds, and how far the expiry sweep lags."""
+"""Figures an SRE watches, read from PostgreSQL: inbox depth and age, quarantined events and how
+far the expiry sweep lags (one round trip, every lookup on a partial index, cheap at any size);
+and open holds by currency, which means counting every open hold, so it is read less often."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import orjson
-
 from holds.db import Executor
 
-__all__ = ["LedgerStats", "read_stats"]
+__all__ = ["LedgerStats", "read_open_holds", "read_stats"]
 
 _QUERY = """
 SELECT
@@ -18,10 +17,13 @@ SELECT
      FROM inbox_events WHERE status = 'pending') AS oldest_pending_s,
   (SELECT count(*) FROM inbox_events WHERE status = 'quarantined') AS quarantined,
   (SELECT coalesce(extract(epoch FROM now() - min(expires_at)), 0)
-     FROM holds WHERE state = 'open' AND expires_at <= now()) AS oldest_due_s,
-  (SELECT coalesce(json_agg(json_build_array(currency, n, total)), '[]')::text
-     FROM (SELECT currency, count(*) AS n, sum(remaining) AS total FROM holds
-            WHERE state = 'open' GROUP BY currency) h) AS open_holds
+     FROM holds WHERE state = 'open' AND expires_at <= now()) AS oldest_due_s
+"""
+
+# a scan of every open hold: ~0.2 s of PostgreSQL CPU per million
+_OPEN_HOLDS = """
+SELECT currency, count(*) AS n, sum(remaining)::bigint AS total FROM holds
+ WHERE state = 'open' GROUP BY currency
 """
 
 
@@ -31,14 +33,17 @@ class LedgerStats:
     inbox_oldest_pending_s: float
     quarantined: int
     oldest_due_hold_s: float
-    # currency -> (count, amount in minor units)
-    open_holds: dict[str, tuple[int, int]]
 
 
 async def read_stats(db: Executor) -> LedgerStats:
     row = await db.fetchrow(_QUERY)
     if row is None:
         raise RuntimeError("stats query returned no row")
-    holds = {c: (int(n), int(t)) for c, n, t in orjson.loads(row["open_holds"])}
     return LedgerStats(int(row["pending"]), float(row["oldest_pending_s"]),
-                       int(row["quarantined"]), float(row["oldest_due_s"]), holds)
+                       int(row["quarantined"]), float(row["oldest_due_s"]))
+
+
+async def read_open_holds(db: Executor) -> dict[str, tuple[int, int]]:
+    """currency -> (open holds, amount they hold in minor units)."""
+    rows = await db.fetch(_OPEN_HOLDS)
+    return {r["currency"]: (int(r["n"]), int(r["total"])) for r in rows}
