@@ -104,8 +104,12 @@ def _lifecycle_event(ev: LifecycleEvent, row: asyncpg.Record) -> str:
 
 
 async def _advance(conn: Conn, authorization_id: str, event: str, now: dt.datetime) -> None:
+    # the state as the lifecycle sees it: an authorisation whose hold the sweep expired reads
+    # 'expired' (migration 0009)
     state = await conn.fetchval(
-        "SELECT state FROM authorizations WHERE id = $1 FOR NO KEY UPDATE", authorization_id)
+        "SELECT hf_authorization_state(a.state, h.state) FROM authorizations a"
+        " LEFT JOIN holds h ON h.id = a.id WHERE a.id = $1 FOR NO KEY UPDATE OF a",
+        authorization_id)
     if state is None:  # a refund linked to an authorisation we never saw
         return
     target = next_state(state, event)  # raises IllegalTransition: the caller quarantines

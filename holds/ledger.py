@@ -256,7 +256,8 @@ async def get_authorization(db: Executor, authorization_id: str, providers: Sequ
     ``providers``, an index lookup each) with its hold, the history of its decisions and the
     lifecycle operations applied to it."""
     auth = await db.fetchrow(
-        "SELECT a.*, h.state AS hold_state, h.authorized, h.posted AS hold_posted, h.released,"
+        "SELECT a.*, hf_authorization_state(a.state, h.state) AS lifecycle_state,"
+        " h.state AS hold_state, h.authorized, h.posted AS hold_posted, h.released,"
         " h.remaining, h.expires_at"
         "  FROM authorizations a LEFT JOIN holds h ON h.id = a.id"
         " WHERE a.id = COALESCE("

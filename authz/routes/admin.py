@@ -245,7 +245,7 @@ async def get_authorization(request: web.Request) -> web.Response:
         "card_id": a["card_id"],
         "account_id": a["account_id"],
         "currency": a["currency"],
-        "state": a["state"],
+        "state": a["lifecycle_state"],
         "requested_amount": a["requested_amount"],
         "approved_amount": a["approved_amount"],
         "held_amount": held,
