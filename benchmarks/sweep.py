@@ -41,6 +41,7 @@ from typing import Final
 
 import asyncpg
 
+from authz.settings import Settings
 from benchmarks import bulk, dataset, harness, procstat
 from benchmarks.harness import Latency, LoadRun, Window, table
 from benchmarks.loadgen import Result, Spec
@@ -81,6 +82,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "or 1000)")
     p.add_argument("--pause-ms", type=float, default=0.0,
                    help="pause between batches (--sweeper function only)")
+    p.add_argument("--duty", type=int, default=None, metavar="PCT",
+                   help="share of the time the sweep works (HOLDFAST_SWEEP_DUTY_PCT; default: "
+                        "the server's, 75)")
     p.add_argument("--nice", type=int, default=0, metavar="N",
                    help="renice the sweep's PostgreSQL backend to N (1-19: lower CPU priority) "
                         "as soon as it connects (needs the privilege and the same host)")
@@ -167,6 +171,12 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
         await conn.close()
 
 
+def _duty(args: argparse.Namespace) -> int:
+    """The sweep's duty cycle, percent: as asked, else the command's default (the function's:
+    flat out)."""
+    return int(args.duty or (Settings().sweep_duty_pct if args.sweeper == "cli" else 100))
+
+
 async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _Sweep:
     out = _Sweep()
     if args.sweeper == "function":
@@ -175,7 +185,8 @@ async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _
         try:
             out.started_unix = time.time()
             result = await sweep(conn, dt.datetime.now(dt.UTC), args.batch_size or 1000,
-                                 pause_s=args.pause_ms / 1000, metrics=metrics)
+                                 pause_s=args.pause_ms / 1000, metrics=metrics,
+                                 duty=(args.duty or 100) / 100)
             out.ended_unix = time.time()
         finally:
             await conn.close()
@@ -189,6 +200,8 @@ async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _
     env.update({"HOLDFAST_DATABASE_URL": url, "HOLDFAST_LOG_LEVEL": "WARNING"})
     if args.batch_size:
         env["HOLDFAST_SWEEP_BATCH_SIZE"] = str(args.batch_size)
+    if args.duty:
+        env["HOLDFAST_SWEEP_DUTY_PCT"] = str(args.duty)
     for item in args.server_env:
         name, _, value = item.partition("=")
         env[name] = value
@@ -410,7 +423,8 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
         ["measurement", "figure", "target", ""],
         [[f"**sweep** of {sw.holds:,} expired holds ({sw.batches:,} batches of "
           f"{args.batch_size or 1000:,}" + (f", {args.pause_ms:g} ms pause" if args.pause_ms
-                                             else "") + ")",
+                                             else "")
+          + f", duty {_duty(args)} %)",
           f"{sw.seconds:.1f} s", "< 60 s", "PASS" if sweep_ok else "FAIL"],
          ["  throughput", f"{rate:,.0f} holds/s", "", ""],
          ["  mean batch (one transaction)", f"{sw.batch_mean_ms:.1f} ms", "", ""],

@@ -24,9 +24,15 @@ class SweepResult:
 
 async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
                 max_batches: int | None = None, pause_s: float = 0.0,
-                metrics: ConsumerMetrics | None = None) -> SweepResult:
-    """Expire everything due at ``now`` (or ``max_batches`` batches of it). ``pause_s`` between
-    batches leaves room for the hot path on a small machine."""
+                metrics: ConsumerMetrics | None = None, duty: float = 1.0) -> SweepResult:
+    """Expire everything due at ``now`` (or ``max_batches`` batches of it).
+
+    ``duty`` (0 < duty <= 1) is the share of the time the sweep may work: after a batch that
+    took *t* it rests *t* x (1 - duty) / duty, so a backlog is cleared at a steady pace that
+    leaves the hot path CPU, WAL and locks in between, and slows by itself when the machine is
+    busy (batches take longer, rests too). ``pause_s`` adds a fixed rest."""
+    if not 0 < duty <= 1:
+        raise ValueError("duty must be in (0, 1]")
     started = time.perf_counter()
     batches = holds = amount = 0
     while max_batches is None or batches < max_batches:
@@ -41,8 +47,9 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
             metrics.sweep_seconds.observe(time.perf_counter() - t0)
             metrics.sweep_holds.inc(row["holds_expired"])
             metrics.sweep_amount.inc(row["amount_released"])
-        if pause_s:
-            await asyncio.sleep(pause_s)
+        rest = pause_s + (time.perf_counter() - t0) * (1 - duty) / duty
+        if rest > 0:
+            await asyncio.sleep(rest)
     if metrics is not None:
         metrics.sweep_last_run.set_to_current_time()
     return SweepResult(batches, holds, amount, time.perf_counter() - started)

@@ -187,6 +187,41 @@ async def test_hold_expires_after_seven_days_and_a_late_clearing_still_posts(
     assert again.holds == 0 or await world.state(lodging) == "pending"
 
 
+async def test_a_paced_sweep_releases_every_due_hold_and_a_late_reversal_changes_nothing(
+    world: World, clock: FakeClock,
+) -> None:
+    """Three holds expire under a sweep working half the time (duty 50 %, small batches); the
+    sweep records the expiry on the hold only, yet the authorisation reads 'expired' and the
+    lifecycle treats it so: a reversal arriving afterwards releases nothing and moves nothing."""
+    account, card = await funded_card(world)
+    start = dt.datetime(2027, 6, 1, 9, 0, tzinfo=dt.UTC)
+    clock.set(start.timestamp())
+    auths = [await world.authorize(card, amount) for amount in (100, 200, 300)]
+    stored = await world.db.fetch(
+        "SELECT state FROM authorizations WHERE id = ANY($1::text[])", auths)
+
+    result = await sweep(world.db, start + dt.timedelta(days=8), batch_size=50, duty=0.5)
+
+    assert result.holds >= 3
+    assert [await world.state(a) for a in auths] == ["expired"] * 3
+    assert [r["state"] for r in await world.db.fetch(
+        "SELECT state FROM authorizations WHERE id = ANY($1::text[])", auths)] == [
+        r["state"] for r in stored]  # one row per hold written, not two
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 0,
+                                                 "available": 10_000}
+    await world.event("authorization.reversal", 100, auths[0])
+    await world.consume()
+    assert await world.state(auths[0]) == "expired"
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 0,
+                                                 "available": 10_000}
+
+
+async def test_a_sweep_must_work_some_of_the_time(db: asyncpg.Pool) -> None:
+    for duty in (0, 1.5):
+        with pytest.raises(ValueError, match="duty"):
+            await sweep(db, dt.datetime.now(dt.UTC), duty=duty)
+
+
 async def test_refund_after_clearing(world: World) -> None:
     account, card = await funded_card(world)
     auth = await world.authorize(card, 2_000)
