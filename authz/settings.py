@@ -88,7 +88,7 @@ class Settings:
     pg_pool_size: int = 16
     # group commit (authz/batcher.py): ledger calls at once, and requests per call at most;
     # HOLDFAST_PG_BATCH_MAX=1 sends every request alone
-    pg_batch_inflight: int = 4
+    pg_batch_inflight: int = 2
     pg_batch_max: int = 64
     pg_command_timeout_s: float = 5.0
     dedupe_ttl_s: int = 3600
@@ -162,7 +162,7 @@ class Settings:
             decision_deadline_ms=_int(env, "HOLDFAST_DECISION_DEADLINE_MS", 250, 10, 10_000),
             redis_timeout_ms=_int(env, "HOLDFAST_REDIS_TIMEOUT_MS", 100, 1, 10_000),
             pg_pool_size=_int(env, "HOLDFAST_PG_POOL_SIZE", 16, 1, 500),
-            pg_batch_inflight=_int(env, "HOLDFAST_PG_BATCH_INFLIGHT", 4, 1, 500),
+            pg_batch_inflight=_int(env, "HOLDFAST_PG_BATCH_INFLIGHT", 2, 1, 500),
             pg_batch_max=_int(env, "HOLDFAST_PG_BATCH_MAX", 64, 1, 1000),
             dedupe_ttl_s=_int(env, "HOLDFAST_DEDUPE_TTL_S", 3600, 60, 30 * 86400),
             hold_window_s=_int(env, "HOLDFAST_HOLD_WINDOW_S", 7 * 86400, 60, 90 * 86400),
