@@ -1,8 +1,9 @@
 """The decision core every entry point calls (native API and provider adapters alike).
 
 DESIGN §2 steps 3-5: one ``EVALSHA`` (duplicate check, card state, rules, velocity, counting), then
-one PostgreSQL call (funds, decision record, hold), then -- off the response path -- giving back
-velocity that was counted for money that was not held. An approval is returned only after
+one PostgreSQL call (funds, decision record, hold; under load shared with the requests that
+queued beside it: authz/batcher.py), then -- off the response path -- giving back velocity that
+was counted for money that was not held. An approval is returned only after its
 ``hf_authorize`` has committed.
 """
 
