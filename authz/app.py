@@ -91,8 +91,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
     client = redis_client(settings)
-    cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s,
-                        settings.redis_batch_max)
+    cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s)
     try:
         await cache.load_scripts()
     except Exception as exc:  # Redis down at start-up: serve in stand-in until it returns

@@ -85,9 +85,6 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     decision_deadline_ms: int = 250
     redis_timeout_ms: int = 100
-    # decision scripts per pipelined Redis round trip at most (policies/pipeline.py); 1 = one
-    # call each. A single Redis only: on a cluster, calls go one by one
-    redis_batch_max: int = 64
     pg_pool_size: int = 16
     # group commit (authz/batcher.py): ledger calls at once, and requests per call at most;
     # HOLDFAST_PG_BATCH_MAX=1 sends every request alone
@@ -164,7 +161,6 @@ class Settings:
             max_body_bytes=_int(env, "HOLDFAST_MAX_BODY_BYTES", 64 * 1024, 1024, 16 << 20),
             decision_deadline_ms=_int(env, "HOLDFAST_DECISION_DEADLINE_MS", 250, 10, 10_000),
             redis_timeout_ms=_int(env, "HOLDFAST_REDIS_TIMEOUT_MS", 100, 1, 10_000),
-            redis_batch_max=_int(env, "HOLDFAST_REDIS_BATCH_MAX", 64, 1, 1000),
             pg_pool_size=_int(env, "HOLDFAST_PG_POOL_SIZE", 16, 1, 500),
             pg_batch_inflight=_int(env, "HOLDFAST_PG_BATCH_INFLIGHT", 2, 1, 500),
             pg_batch_max=_int(env, "HOLDFAST_PG_BATCH_MAX", 64, 1, 1000),

@@ -15,7 +15,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 
 from policies.model import AuthorizationRequest, Reason
-from policies.pipeline import ScriptPipeline
 from policies.store import CardSnapshot
 
 __all__ = ["PolicyCache", "RedisClient", "Verdict", "encode_snapshot"]
@@ -80,14 +79,8 @@ _MISS: Final = Verdict("miss")
 
 
 class PolicyCache:
-    def __init__(self, client: RedisClient, prefix: str, dedupe_ttl_s: int,
-                 batch_max: int = 1) -> None:
-        """``batch_max`` > 1 on a single Redis: decision scripts that arrive together share one
-        pipelined round trip (policies/pipeline.py)."""
+    def __init__(self, client: RedisClient, prefix: str, dedupe_ttl_s: int) -> None:
         self._redis = client
-        self._pipeline = (
-            ScriptPipeline(client, max_batch=batch_max, max_inflight=2)
-            if batch_max > 1 and isinstance(client, aioredis.Redis) else None)
         self._prefix = prefix
         self._dedupe_ttl = str(dedupe_ttl_s)
         self._sources = {
@@ -120,8 +113,6 @@ class PolicyCache:
                 await self.load_scripts()
                 sha = self._sha[name]
             try:
-                if self._pipeline is not None and name == "velocity":
-                    return await self._pipeline.evalsha(sha, keys, args)
                 return await self._redis.evalsha(sha, len(keys), *keys, *args)
             except NoScriptError:
                 # Redis (or, on a cluster, the primary owning this slot: restarted, failed
