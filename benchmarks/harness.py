@@ -5,6 +5,7 @@ summaries."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import datetime as dt
@@ -12,11 +13,13 @@ import math
 import os
 import platform
 import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any, Final
 
 import asyncpg
 import orjson
@@ -216,7 +219,7 @@ async def environment(admin_url: str, redis_url: str) -> list[tuple[str, str]]:
         settings = ", ".join([
             f"{name}={await conn.fetchval(f'SHOW {name}')}"
             for name in ("fsync", "synchronous_commit", "autovacuum", "shared_buffers",
-                         "max_wal_size", "checkpoint_timeout", "jit")
+                         "max_wal_size", "checkpoint_timeout", "wal_compression", "jit")
         ])
     finally:
         await conn.close()
@@ -243,3 +246,41 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> l
            "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"]
     out += ["| " + " | ".join(row) + " |" for row in rows]
     return out
+
+
+RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
+
+
+def code_version() -> str:
+    """The commit measured, and whether the working tree differed from it (outside benchmarks/):
+    a figure is only comparable with another of the same code."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    changed = len(dirty.splitlines())
+    return head + (f" plus {changed} uncommitted file(s)" if changed else "")
+
+
+Suite = Callable[[argparse.Namespace, str], Coroutine[Any, Any, tuple[str, bool]]]
+
+
+def run_and_report(suite: Suite, args: argparse.Namespace, suffix: str) -> int:
+    """Run a suite on uvloop, print its report and, unless ``--quick`` or ``--no-write``, keep
+    it as ``results/<date><suffix>.md``. Exit status 0 when the suite says it completed."""
+    import uvloop
+
+    code = code_version()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        text, ok = runner.run(suite(args, code))
+    print("\n" + text)
+    if not args.no_write and not args.quick:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        path = RESULTS_DIR / f"{dt.date.today().isoformat()}{suffix}.md"
+        path.write_text(text)
+        print(f"written to {path}")
+    return 0 if ok else 1

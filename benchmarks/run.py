@@ -19,24 +19,20 @@ import asyncio
 import dataclasses
 import datetime as dt
 import os
-import platform
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 import asyncpg
 import orjson
-import redis.asyncio as aioredis
 
-from benchmarks import dataset
+from benchmarks import dataset, harness
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
 from benchmarks.report import HOLDFAST, RAW, Context, Measured, Targets, percentile, render
@@ -44,7 +40,6 @@ from benchmarks.servers import ServerProcess, free_port, start_server
 
 __all__ = ["main"]
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 _DEDUPE_TTL_S: Final = 3600  # PolicyCache wants one; warming the cache writes no dedupe keys
 _PAUSE_S: Final = 1.2  # between runs: let give-backs, WAL writes and the client process settle
 
@@ -265,37 +260,6 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
     return measured, list(dict.fromkeys(p for p, _, _ in plan))
 
 
-async def _environment(bench: _Bench) -> list[tuple[str, str]]:
-    versions = ", ".join(f"{p} {metadata.version(p)}" for p in
-                         ("aiohttp", "uvloop", "orjson", "redis", "hiredis", "asyncpg"))
-    conn = await asyncpg.connect(bench.pg_admin)
-    try:
-        pg = await conn.fetchval("SHOW server_version")
-        durability = ", ".join([
-            f"{name}={await conn.fetchval(f'SHOW {name}')}"
-            for name in ("fsync", "synchronous_commit", "autovacuum", "shared_buffers",
-                         "max_wal_size", "wal_compression")
-        ])
-    finally:
-        await conn.close()
-    client = aioredis.Redis.from_url(bench.redis_url, decode_responses=True)
-    try:
-        redis_version = (await client.info("server")).get("redis_version", "?")
-    finally:
-        await client.aclose()
-    load1, load5, _ = os.getloadavg()
-    return [
-        ("date", dt.datetime.now().astimezone().isoformat(timespec="seconds")),
-        ("cores", str(os.cpu_count())),
-        ("load average before the run (1 / 5 min)", f"{load1:.2f} / {load5:.2f}"),
-        ("platform", platform.platform()),
-        ("Python", platform.python_version()),
-        ("libraries", versions),
-        ("PostgreSQL", f"{pg} ({durability})"),
-        ("Redis", str(redis_version)),
-    ]
-
-
 async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     run_id = secrets.token_hex(4)
     db_name = f"holdfast_bench_{run_id}"
@@ -304,7 +268,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                    f"hfb:{run_id}:", secrets.token_hex(16), tmp, tuple(args.server_env),
                    args.pg_socket)
     context = Context(title=f"Holdfast hot-path benchmark, {dt.date.today().isoformat()}")
-    context.environment = [("code", code), *await _environment(bench)]
+    context.environment = [("code", code),
+                           *await harness.environment(bench.pg_admin, bench.redis_url)]
     context.settings = [
         ("cards", f"{args.cards:,} (one funded account each)"),
         ("saturation", f"closed loop, {args.concurrency} connections, {args.sat_rounds} x "
@@ -362,35 +327,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     return text, ok
 
 
-def _code_version() -> str:
-    """The commit measured, and whether the working tree differed from it (outside benchmarks/):
-    a figure is only comparable with another of the same code."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!benchmarks"],
-                               cwd=root, check=True, capture_output=True, text=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    changed = len(dirty.splitlines())
-    return head + (f" plus {changed} uncommitted file(s)" if changed else "")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    import uvloop
-
-    args = _options(argv)
-    code = _code_version()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        text, ok = runner.run(_main(args, code))
-    print("\n" + text)
-    if not args.no_write and not args.quick:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        path = RESULTS_DIR / f"{dt.date.today().isoformat()}.md"
-        path.write_text(text)
-        print(f"written to {path}")
-    return 0 if ok else 1
+    return harness.run_and_report(_main, _options(argv), "")
 
 
 if __name__ == "__main__":

@@ -54,12 +54,10 @@ from benchmarks import bulk, dataset, harness
 from benchmarks.harness import Latency, LoadRun, table
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
-from benchmarks.run import _code_version
 from benchmarks.servers import ServerProcess
 
 __all__ = ["main"]
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 SMALL, BIG, BIG10K = "small", "big", "big, restricted"
 _PAUSE_S: Final = 1.2
 _BYTES_PER_HISTORY_ROW: Final = 900  # authorisation + request + hold + indexes, measured ~750
@@ -513,19 +511,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import uvloop
-
-    args = _options(argv)
-    code = _code_version()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        text, ok = runner.run(_main(args, code))
-    print("\n" + text)
-    if not args.no_write and not args.quick:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        path = RESULTS_DIR / f"{dt.date.today().isoformat()}-scale.md"
-        path.write_text(text)
-        print(f"written to {path}")
-    return 0 if ok else 1
+    return harness.run_and_report(_main, _options(argv), "-scale")
 
 
 if __name__ == "__main__":

@@ -45,13 +45,11 @@ from authz.settings import Settings
 from benchmarks import bulk, dataset, harness, procstat
 from benchmarks.harness import Latency, LoadRun, Window, table
 from benchmarks.loadgen import Result, Spec
-from benchmarks.run import _code_version
 from clearing.metrics import ConsumerMetrics
 from clearing.sweep import sweep
 
 __all__ = ["main"]
 
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 _DEDUPE_TTL_S: Final = 3600
 _SAMPLE_S: Final = 0.1
 _SWEEP_OUTPUT: Final = re.compile(
@@ -526,20 +524,8 @@ def _series(r: Result, sw: _Sweep) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import uvloop
-
     args = _options(argv)
-    code = _code_version()
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        text, ok = runner.run(_main(args, code))
-    print("\n" + text)
-    if not args.no_write and not args.quick:
-        RESULTS_DIR.mkdir(exist_ok=True)
-        label = f"-{args.label}" if args.label else ""
-        path = RESULTS_DIR / f"{dt.date.today().isoformat()}-sweep{label}.md"
-        path.write_text(text)
-        print(f"written to {path}")
-    return 0 if ok else 1
+    return harness.run_and_report(_main, args, "-sweep" + (f"-{args.label}" if args.label else ""))
 
 
 if __name__ == "__main__":
