@@ -23,23 +23,16 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
 
 import asyncpg
 
 from authz.metrics import Metrics
 from holds import ledger
-from holds.db import Conn
+from holds.db import PG_UNAVAILABLE, Conn
 
 __all__ = ["LedgerBatcher"]
 
 log = logging.getLogger("holdfast.authorize")
-
-# the failures that mean "the database is not answering" rather than "this batch is wrong"
-_CONNECTION: Final = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-)
 
 
 @dataclass(slots=True)
@@ -110,7 +103,7 @@ class LedgerBatcher:
                     results = await ledger.authorize_many(
                         conn, [p.item for p in batch], stand_in_cap_minor=self._cap,
                         timeout_s=min(p.deadline for p in batch) - loop.time())
-                except _CONNECTION:
+                except PG_UNAVAILABLE:
                     raise
                 except asyncpg.PostgresError as exc:
                     if len(batch) > 1:
@@ -147,7 +140,7 @@ class LedgerBatcher:
                     if attempt == 2:
                         _fail(pending, exc)
                     continue
-                except _CONNECTION:
+                except PG_UNAVAILABLE:
                     raise
                 except asyncpg.PostgresError as exc:
                     _fail(pending, exc)

@@ -24,6 +24,7 @@ from authz.batcher import LedgerBatcher
 from authz.metrics import Metrics
 from authz.settings import Settings
 from holds import ledger
+from holds.db import PG_UNAVAILABLE
 from holds.model import hold_window_s
 from policies.cache import PolicyCache, Verdict
 from policies.model import AuthorizationRequest, Decision, Reason
@@ -36,10 +37,7 @@ log = logging.getLogger("holdfast.authorize")
 _UTC: Final = dt.UTC
 # failures that mean "this dependency is not answering", as opposed to a bug
 _REDIS_DOWN: Final = (RedisError, OSError, TimeoutError)
-_PG_DOWN: Final = (
-    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
-    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-)
+_PG_DOWN: Final = PG_UNAVAILABLE  # holds/db.py
 
 
 def request_hash(*fields: object) -> str:

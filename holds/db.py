@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
 
-__all__ = ["Conn", "Executor"]
+__all__ = ["PG_UNAVAILABLE", "Conn", "Executor"]
 
 if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not subscriptable
     from asyncpg.pool import PoolConnectionProxy
@@ -18,3 +18,10 @@ if TYPE_CHECKING:  # the stubs make these generic; the runtime classes are not s
 else:
     Conn = Any
     Executor = Any
+
+
+# failures that mean "PostgreSQL is not answering", as opposed to "this statement is wrong"
+PG_UNAVAILABLE = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+)

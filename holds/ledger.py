@@ -21,7 +21,6 @@ __all__ = [
     "AuthorizeItem",
     "AuthorizeResult",
     "DepositResult",
-    "authorize",
     "authorize_many",
     "create_account",
     "deposit",
@@ -125,45 +124,6 @@ async def authorize_many(
     if any(r is None for r in results):
         raise RuntimeError("hf_authorize_batch left a request unanswered")
     return [r for r in results if r is not None]
-
-
-async def authorize(
-    db: Executor,
-    *,
-    provider: str,
-    provider_id: str,
-    sequence: int,
-    authorization_id: str,
-    parent_id: str | None,
-    card_id: str,
-    amount_minor: int,
-    currency: str,
-    partial_allowed: bool,
-    rule_reason: str | None,
-    policy_version: int | None,
-    counters: str | None,
-    request_hash: str,
-    now: dt.datetime,
-    hold_expires: dt.datetime,
-    merchant_id: str,
-    merchant_name: str,
-    mcc: str,
-    country: str,
-    channel: str,
-    stand_in: bool,
-    stand_in_cap_minor: int,
-    counted: bool,
-    timeout_s: float | None = None,
-) -> AuthorizeResult:
-    """One request: ``authorize_many`` with a single item."""
-    item = AuthorizeItem(
-        provider, provider_id, sequence, authorization_id, parent_id, card_id, amount_minor,
-        currency, partial_allowed, rule_reason, policy_version, counters, request_hash, now,
-        hold_expires, merchant_id, merchant_name, mcc, country, channel, stand_in, counted,
-    )
-    (result,) = await authorize_many(
-        db, [item], stand_in_cap_minor=stand_in_cap_minor, timeout_s=timeout_s)
-    return result
 
 
 class AccountConflict(ValueError):

@@ -47,14 +47,10 @@ async def _seed(conn: asyncpg.Connection) -> None:
     await conn.execute("INSERT INTO card_policies (card_id, version, policy) VALUES "
                        "('card-1', 1, '{}')")
     now = dt.datetime.now(dt.UTC)
-    auth = await ledger.authorize(
-        conn, provider="native", provider_id="auth-1", sequence=0, authorization_id="auth-1",
-        parent_id=None, card_id="card-1", amount_minor=2_500, currency="GBP",
-        partial_allowed=False, rule_reason=None, policy_version=1, counters=None,
-        request_hash="h1", now=now, hold_expires=now + dt.timedelta(days=7), merchant_id="m",
-        merchant_name="", mcc="5812", country="GB", channel="pos", stand_in=False,
-        stand_in_cap_minor=0, counted=False,
-    )
+    (auth,) = await ledger.authorize_many(conn, [ledger.AuthorizeItem(
+        "native", "auth-1", 0, "auth-1", None, "card-1", 2_500, "GBP", False, None, 1, None,
+        "h1", now, now + dt.timedelta(days=7), "m", "", "5812", "GB", "pos", False, False,
+    )], stand_in_cap_minor=0)
     assert (auth.status, auth.approved) == ("new", True)
 
 
