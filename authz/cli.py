@@ -119,6 +119,7 @@ def _consumer_config(settings: Settings) -> ConsumerConfig:
     return ConsumerConfig(
         sweep_interval_s=settings.sweep_interval_s,
         sweep_batch_size=settings.sweep_batch_size,
+        sweep_window=settings.sweep_window,
         sweep_duty=settings.sweep_duty_pct / 100,
         windows=HoldWindows(settings.hold_window_s, settings.hold_window_long_s),
     )
@@ -149,7 +150,8 @@ async def _sweep(settings: Settings) -> int:
     conn = await asyncpg.connect(settings.database_url)
     try:
         result = await sweep(conn, dt.datetime.now(dt.UTC), settings.sweep_batch_size,
-                             duty=settings.sweep_duty_pct / 100)
+                             duty=settings.sweep_duty_pct / 100,
+                             window=settings.sweep_window)
     finally:
         await conn.close()
     print(f"expired {result.holds} hold(s) releasing {result.amount_minor} minor units in "

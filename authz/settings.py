@@ -97,6 +97,8 @@ class Settings:
     stand_in_max_amount_minor: int = 10_000
     sweep_interval_s: int = 60
     sweep_batch_size: int = 1000
+    # due holds the sweep reads at a time and cuts into batches grouped by account
+    sweep_window: int = 200_000
     # the share of the time a sweep works through a backlog (clearing/sweep.py); 100 = flat out
     sweep_duty_pct: int = 75
     consumer_metrics_port: int = 9108
@@ -174,6 +176,7 @@ class Settings:
             ),
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
+            sweep_window=_int(env, "HOLDFAST_SWEEP_WINDOW", 200_000, 1, 5_000_000),
             sweep_duty_pct=_int(env, "HOLDFAST_SWEEP_DUTY_PCT", 75, 1, 100),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             worker_metrics_port=_int(env, "HOLDFAST_WORKER_METRICS_PORT", 9110, 1, 65535),

@@ -83,6 +83,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--duty", type=int, default=None, metavar="PCT",
                    help="share of the time the sweep works (HOLDFAST_SWEEP_DUTY_PCT; default: "
                         "the server's, 75)")
+    p.add_argument("--window", type=int, default=None, metavar="N",
+                   help="due holds read at a time and batched by account (HOLDFAST_SWEEP_WINDOW; "
+                        "default: the server's, 200,000; 1 = the holds due first, no grouping)")
     p.add_argument("--nice", type=int, default=0, metavar="N",
                    help="renice the sweep's PostgreSQL backend to N (1-19: lower CPU priority) "
                         "as soon as it connects (needs the privilege and the same host)")
@@ -184,7 +187,8 @@ async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _
             out.started_unix = time.time()
             result = await sweep(conn, dt.datetime.now(dt.UTC), args.batch_size or 1000,
                                  pause_s=args.pause_ms / 1000, metrics=metrics,
-                                 duty=(args.duty or 100) / 100)
+                                 duty=(args.duty or 100) / 100,
+                                 window=args.window or Settings().sweep_window)
             out.ended_unix = time.time()
         finally:
             await conn.close()
@@ -200,6 +204,8 @@ async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _
         env["HOLDFAST_SWEEP_BATCH_SIZE"] = str(args.batch_size)
     if args.duty:
         env["HOLDFAST_SWEEP_DUTY_PCT"] = str(args.duty)
+    if args.window:
+        env["HOLDFAST_SWEEP_WINDOW"] = str(args.window)
     for item in args.server_env:
         name, _, value = item.partition("=")
         env[name] = value
@@ -422,7 +428,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
         [[f"**sweep** of {sw.holds:,} expired holds ({sw.batches:,} batches of "
           f"{args.batch_size or 1000:,}" + (f", {args.pause_ms:g} ms pause" if args.pause_ms
                                              else "")
-          + f", duty {_duty(args)} %)",
+          + f", window {args.window or Settings().sweep_window:,}, duty {_duty(args)} %)",
           f"{sw.seconds:.1f} s", "< 60 s", "PASS" if sweep_ok else "FAIL"],
          ["  throughput", f"{rate:,.0f} holds/s", "", ""],
          ["  mean batch (one transaction)", f"{sw.batch_mean_ms:.1f} ms", "", ""],

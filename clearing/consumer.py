@@ -43,6 +43,7 @@ class ConsumerConfig:
     poll_interval_s: float = 1.0
     sweep_interval_s: float = 60.0
     sweep_batch_size: int = 1000
+    sweep_window: int = 200_000
     sweep_duty: float = 1.0
     rollup_batch_size: int = 5000
     windows: HoldWindows = field(default_factory=HoldWindows)
@@ -126,7 +127,8 @@ class Consumer:
                     await self.housekeeping()
                     if time.monotonic() >= next_sweep:
                         await sweep(self._pool, self._now(), self._config.sweep_batch_size,
-                                    metrics=self._metrics, duty=self._config.sweep_duty)
+                                    metrics=self._metrics, duty=self._config.sweep_duty,
+                                    window=self._config.sweep_window)
                         next_sweep = time.monotonic() + self._config.sweep_interval_s
                 except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
                     log.error("consumer lost PostgreSQL, retrying: %s", type(exc).__name__)

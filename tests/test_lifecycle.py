@@ -216,6 +216,67 @@ async def test_a_paced_sweep_releases_every_due_hold_and_a_late_reversal_changes
                                                  "available": 10_000}
 
 
+async def test_a_sweep_batches_due_holds_by_account_across_windows(
+    world: World, clock: FakeClock,
+) -> None:
+    """Twelve holds on three cardholders fall due in turn (A, B, C, A, B, C, ...). Read six at a
+    time (two of each) and cut into batches of two grouped by account, every expiry transaction
+    touches one account (taken in the order due, each would touch two); every due hold is
+    released once, the lodging hold within its 30 days stays, a hold cleared before the sweep is
+    left alone."""
+    start = dt.datetime(2027, 7, 1, 8, 0, tzinfo=dt.UTC)
+    holders = [await funded_card(world) for _ in range(3)]
+    due: dict[str, str] = {}  # authorisation -> account
+    for i in range(4):
+        for account, card in holders:
+            clock.set((start + dt.timedelta(minutes=len(due))).timestamp())
+            due[await world.authorize(card, 100 + i)] = account
+    lodging = await world.authorize(holders[0][1], 5_000, merchant={"mcc": "7011"})
+    cleared = await world.authorize(holders[1][1], 700)
+    await world.event("authorization.clearing", 700, cleared, final=True)
+    await world.consume()
+
+    result = await sweep(world.db, start + dt.timedelta(days=8), batch_size=2, window=6)
+
+    assert (result.holds, result.amount_minor) == (12, 3 * (100 + 101 + 102 + 103))
+    assert [await world.state(a) for a in due] == ["expired"] * 12
+    assert await world.state(lodging) == "pending"
+    assert await world.state(cleared) == "cleared"
+    assert [await world.api.balances(a) for a, _ in holders] == [
+        {"posted": 10_000, "held": 5_000, "available": 5_000},
+        {"posted": 9_300, "held": 0, "available": 9_300},
+        {"posted": 10_000, "held": 0, "available": 10_000}]
+    # holds expired by one transaction share its xmin
+    batches = await world.db.fetch(
+        "SELECT xmin::text AS tx, count(*) AS holds, count(DISTINCT account_id) AS accounts"
+        "  FROM holds WHERE id = ANY($1::text[]) GROUP BY 1", list(due))
+    assert sorted((b["holds"], b["accounts"]) for b in batches) == [(2, 1)] * 6
+    assert (await sweep(world.db, start + dt.timedelta(days=8))).holds == 0
+
+
+async def test_expiring_a_stale_list_of_holds_changes_nothing(
+    world: World, clock: FakeClock,
+) -> None:
+    """The sweep's window may be stale by the time a batch runs: a hold closed meanwhile, one not
+    due at the batch's time, an id that does not exist are all skipped, nothing moves."""
+    account, card = await funded_card(world)
+    start = dt.datetime(2027, 8, 1, 8, 0, tzinfo=dt.UTC)
+    clock.set(start.timestamp())
+    closed = await world.authorize(card, 300)
+    await world.event("authorization.reversal", 300, closed)
+    await world.consume()
+    live = await world.authorize(card, 400)
+
+    row = await world.db.fetchrow("SELECT * FROM hf_expire_holds($1, $2)",
+                                  start + dt.timedelta(days=1), [closed, live, "no-such-hold"])
+
+    assert (row["holds_expired"], row["amount_released"]) == (0, 0)
+    assert await world.state(closed) == "reversed"
+    assert await world.state(live) == "pending"
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 400,
+                                                 "available": 9_600}
+
+
 async def test_a_sweep_must_work_some_of_the_time(db: asyncpg.Pool) -> None:
     for duty in (0, 1.5):
         with pytest.raises(ValueError, match="duty"):
