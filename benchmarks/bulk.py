@@ -12,7 +12,8 @@ ledger functions would have written.
   the same figure to the hot path. Without it, funds go through ``hf_deposit`` as in
   ``benchmarks.dataset.seed`` (fine up to ~100,000 accounts).
 - **History** (:func:`load_history`): ``authorizations`` + ``authorization_requests`` (one
-  initial request each, plus an incremental for a share) + ``holds`` for the approved ones, in
+  initial request each, plus an incremental for a share), the hold's columns filled for the
+  approved ones (the ``holds`` view), in
   the shares of a :class:`Mix`: declined (no hold), open and already past its window (what the
   expiry sweep releases), open within its window, expired (released by an earlier sweep),
   reversed (the rest: hold closed, all of it released). ``accounts.held`` is then set to the sum
@@ -85,16 +86,15 @@ _HOME: Final = {"GBP": "GB", "EUR": "FR", "USD": "US"}
 _AUTH_COLUMNS: Final = ("id", "provider", "provider_id", "card_id", "account_id", "currency",
                         "state", "requested_amount", "approved_amount", "merchant_id",
                         "merchant_name", "mcc", "country", "channel", "created_at",
-                        "updated_at")
+                        "updated_at",
+                        # the hold, on its authorisation's row (migration 0011)
+                        "hold_state", "hold_authorized", "hold_posted", "hold_over_posted",
+                        "hold_released", "hold_remaining", "hold_expires_at", "hold_created_at",
+                        "hold_updated_at", "hold_forced")
 _REQUEST_COLUMNS: Final = ("provider", "provider_id", "sequence", "authorization_id", "kind",
                            "amount", "currency", "partial_allowed", "decision",
                            "approved_amount", "reason", "stand_in", "policy_version",
                            "counters", "request_hash", "counted", "decided_at")
-_HOLD_COLUMNS: Final = ("id", "account_id", "currency", "state", "authorized", "posted",
-                        "over_posted", "released", "remaining", "expires_at", "created_at",
-                        "updated_at", "forced")
-
-
 @dataclass(frozen=True, slots=True)
 class Card:
     card_id: str
@@ -317,7 +317,7 @@ _HOLD_STATE: Final = {"open_due": "open", "open_live": "open", "expired": "expir
                       "reversed": "closed"}
 
 
-def _auth_lines(h: _History, rows: Iterator[_Row]) -> Iterator[str]:
+def _auth_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[str]:
     ts = h.ts
     for r in rows:
         i = h.auth_id(r.n)
@@ -329,7 +329,8 @@ def _auth_lines(h: _History, rows: Iterator[_Row]) -> Iterator[str]:
         yield (f"{i}\tnative\t{i}\t{card.card_id}\t{card.account_id}\t{card.currency}\t"
                f"{_STATE[r.outcome]}\t{requested}\t{approved}\tm-{mcc}-{r.merchant_n}\t"
                f"{name} {r.merchant_n}\t{mcc}\t{_HOME[card.currency]}\t{channel}\t"
-               f"{ts[r.created_min]}\t{ts[min(updated, len(ts) - 1)]}\n")
+               f"{ts[r.created_min]}\t{ts[min(updated, len(ts) - 1)]}\t"
+               f"{_hold_fields(h, r, loaded)}\n")
 
 
 def _request_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[str]:
@@ -352,32 +353,34 @@ def _request_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterato
                    f"{ts[r.created_min + 30]}\n")
 
 
-def _hold_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[str]:
+_NO_HOLD: Final = "\t".join(["\\N"] * 10)
+
+
+def _hold_fields(h: _History, r: _Row, loaded: Loaded) -> str:
+    """The hold's columns of an authorisation row (NULL for a decline); counts what it loads."""
     ts = h.ts
     held = loaded.held
-    for r in rows:
-        if r.outcome == "declined":
-            loaded.declined += 1
-            continue
-        card = r.card
-        authorized = r.amount + r.increment
-        if r.outcome in ("open_due", "open_live"):
-            released, remaining = 0, authorized
-            held[card.account_id] = held.get(card.account_id, 0) + authorized
-            loaded.amount_open_minor += authorized
-            if r.outcome == "open_due":
-                loaded.open_due += 1
-            else:
-                loaded.open_live += 1
-            updated = r.created_min + (30 if r.increment else 0)
+    if r.outcome == "declined":
+        loaded.declined += 1
+        return _NO_HOLD
+    card = r.card
+    authorized = r.amount + r.increment
+    if r.outcome in ("open_due", "open_live"):
+        released, remaining = 0, authorized
+        held[card.account_id] = held.get(card.account_id, 0) + authorized
+        loaded.amount_open_minor += authorized
+        if r.outcome == "open_due":
+            loaded.open_due += 1
         else:
-            released, remaining = authorized, 0
-            updated = r.expires_min if r.outcome == "expired" else r.created_min + 90
-        loaded.holds += 1
-        yield (f"{h.auth_id(r.n)}\t{card.account_id}\t{card.currency}\t"
-               f"{_HOLD_STATE[r.outcome]}\t{authorized}\t0\t0\t{released}\t{remaining}\t"
-               f"{ts[r.expires_min]}\t{ts[r.created_min]}\t"
-               f"{ts[min(updated, len(ts) - 1)]}\tf\n")
+            loaded.open_live += 1
+        updated = r.created_min + (30 if r.increment else 0)
+    else:
+        released, remaining = authorized, 0
+        updated = r.expires_min if r.outcome == "expired" else r.created_min + 90
+    loaded.holds += 1
+    return (f"{_HOLD_STATE[r.outcome]}\t{authorized}\t0\t0\t{released}\t{remaining}\t"
+            f"{ts[r.expires_min]}\t{ts[r.created_min]}\t"
+            f"{ts[min(updated, len(ts) - 1)]}\tf")
 
 
 def _stream(lines: Iterator[str]) -> AsyncIterator[bytes]:
@@ -398,7 +401,7 @@ async def load_history(url: str, cards: list[Card], count: int, mix: Mix, *, pre
                        seed: int = 7, now: dt.datetime | None = None,
                        progress: Callable[[str], None] | None = None) -> Loaded:
     """``count`` authorisations over ``cards`` in the shares of ``mix``, in one transaction;
-    then ``accounts.held`` set from the open holds. The three tables must be empty."""
+    then ``accounts.held`` set from the open holds. Both tables must be empty."""
     started = time.perf_counter()
     history = _History(cards, count, mix, prefix, seed, now or dt.datetime.now(dt.UTC))
     loaded = Loaded(authorizations=count)
@@ -407,12 +410,12 @@ async def load_history(url: str, cards: list[Card], count: int, mix: Mix, *, pre
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
             # FREEZE needs the tables truncated (or created) in this transaction
-            await conn.execute("TRUNCATE authorizations, authorization_requests, holds")
+            await conn.execute("TRUNCATE authorizations, authorization_requests")
             for table, columns, lines in (
-                ("authorizations", _AUTH_COLUMNS, _auth_lines(history, history.rows())),
+                ("authorizations", _AUTH_COLUMNS,
+                 _auth_lines(history, history.rows(), loaded)),
                 ("authorization_requests", _REQUEST_COLUMNS,
                  _request_lines(history, history.rows(), loaded)),
-                ("holds", _HOLD_COLUMNS, _hold_lines(history, history.rows(), loaded)),
             ):
                 t0 = time.perf_counter()
                 await _copy(conn, table, columns, _stream(lines), freeze=True)
@@ -445,9 +448,6 @@ async def check_references(url: str) -> list[str]:
         ("authorization_requests.authorization_id -> authorizations",
          "SELECT count(*) FROM authorization_requests x WHERE NOT EXISTS"
          " (SELECT 1 FROM authorizations a WHERE a.id = x.authorization_id)"),
-        ("holds.id -> authorizations",
-         "SELECT count(*) FROM holds x WHERE NOT EXISTS"
-         " (SELECT 1 FROM authorizations a WHERE a.id = x.id)"),
         ("holds (account_id, currency) -> accounts",
          "SELECT count(*) FROM holds x WHERE NOT EXISTS (SELECT 1 FROM accounts a"
          " WHERE a.id = x.account_id AND a.currency = x.currency)"),

@@ -168,11 +168,10 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
           LEFT JOIN holds h ON h.id = a.id
          WHERE coalesce(r.total, 0) <> coalesce(h.authorized, 0)
             OR a.approved_amount <> coalesce(r.total, 0)"""),
-    ("hold_account", "a hold sits on its authorisation's account and currency", """
-        SELECT format('hold %s on %s/%s, authorization on %s/%s', h.id, h.account_id, h.currency,
-                      a.account_id, a.currency)
-          FROM holds h JOIN authorizations a ON a.id = h.id
-         WHERE h.account_id IS DISTINCT FROM a.account_id OR h.currency <> a.currency"""),
+    ("hold_currency", "a hold is in its account's currency", """
+        SELECT format('hold %s in %s on account %s in %s', h.id, h.currency, a.id, a.currency)
+          FROM holds h JOIN accounts a ON a.id = h.account_id
+         WHERE h.currency <> a.currency"""),
     ("declined_without_hold", "a declined authorisation holds nothing", """
         SELECT format('authorization %s is declined but has a hold', a.id)
           FROM authorizations a JOIN holds h ON h.id = a.id WHERE a.state = 'declined'"""),

@@ -368,8 +368,10 @@ ENDPOINTS: Final = [
 
 
 async def footprint(f: Fuzz) -> dict[str, Any]:
-    """Rows in every table, and the money on every account."""
-    counts = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM \"{t}\"" for t in f.tables)
+    """Rows in every table (and holds, a view of authorisations), and the money on every
+    account."""
+    counts = " UNION ALL ".join(f"SELECT '{t}', count(*) FROM \"{t}\""
+                                for t in [*f.tables, "holds"])
     rows = await f.db.fetch(counts)
     money = await f.db.fetchrow(
         "SELECT coalesce(sum(posted), 0) AS posted, coalesce(sum(held), 0) AS held FROM accounts")

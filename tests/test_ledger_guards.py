@@ -111,6 +111,67 @@ async def test_hold_parts_must_add_up(scratch: tuple[str, asyncpg.Connection]) -
         await conn.execute("UPDATE holds SET remaining = remaining - 1")
 
 
+@pytest.mark.parametrize(("statement", "error"), [
+    # a hold is placed on an authorisation: one that exists, holds nothing yet, and on its
+    # account and currency
+    ("INSERT INTO holds (id, account_id, currency, state, authorized, remaining, expires_at,"
+     " created_at, updated_at) VALUES ('no-such-auth', 'acct-1', 'GBP', 'open', 5, 5, now(),"
+     " now(), now())", asyncpg.ForeignKeyViolationError),
+    ("INSERT INTO holds (id, account_id, currency, state, authorized, remaining, expires_at,"
+     " created_at, updated_at) VALUES ('auth-1', 'acct-1', 'GBP', 'open', 5, 5, now(), now(),"
+     " now())", asyncpg.UniqueViolationError),
+    ("INSERT INTO authorizations (id, provider, provider_id, card_id, account_id, currency,"
+     " state, requested_amount, approved_amount, created_at, updated_at) VALUES ('auth-2',"
+     " 'native', 'auth-2', 'card-1', 'acct-1', 'GBP', 'pending', 5, 5, now(), now());"
+     "INSERT INTO holds (id, account_id, currency, state, authorized, remaining, expires_at,"
+     " created_at, updated_at) VALUES ('auth-2', 'acct-1', 'EUR', 'open', 5, 5, now(), now(),"
+     " now())", asyncpg.CheckViolationError),
+    # half a hold on an authorisation
+    ("UPDATE authorizations SET hold_forced = NULL", asyncpg.CheckViolationError),
+    ("UPDATE authorizations SET hold_state = 'closed'", asyncpg.CheckViolationError),
+])
+async def test_a_hold_belongs_whole_to_one_authorisation(
+    scratch: tuple[str, asyncpg.Connection], statement: str, error: type[Exception],
+) -> None:
+    _, conn = scratch
+    with pytest.raises(error):
+        async with conn.transaction():
+            await conn.execute(statement)
+    assert await _checks_failing(conn) == set()
+
+
+async def test_a_hold_placed_on_an_authorisation_reads_back_through_holds(
+    scratch: tuple[str, asyncpg.Connection],
+) -> None:
+    """What hf_advice does for an authorisation that held nothing: INSERT INTO holds places
+    the hold on the authorisation's row, with the view's defaults for what it does not name."""
+    _, conn = scratch
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO authorizations (id, provider, provider_id, card_id, account_id,"
+            " currency, state, requested_amount, approved_amount, created_at, updated_at)"
+            " VALUES ('auth-3', 'native', 'auth-3', 'card-1', 'acct-1', 'GBP', 'pending', 40,"
+            " 40, now(), now())")
+        placed = await conn.fetchrow(
+            "INSERT INTO holds (id, account_id, currency, state, authorized, remaining,"
+            " expires_at, created_at, updated_at) VALUES ('auth-3', 'acct-1', 'GBP', 'open',"
+            " 40, 40, now(), now(), now()) RETURNING *")
+        await conn.execute("UPDATE accounts SET held = held + 40 WHERE id = 'acct-1'")
+        await conn.execute(
+            "INSERT INTO authorization_requests (provider, provider_id, sequence,"
+            " authorization_id, kind, amount, currency, partial_allowed, decision,"
+            " approved_amount, reason, stand_in, request_hash, decided_at) VALUES ('native',"
+            " 'auth-3', 0, 'auth-3', 'initial', 40, 'GBP', false, 'approve', 40, 'approved',"
+            " false, 'h3', now())")
+    row = await conn.fetchrow("SELECT hold_state, hold_authorized, hold_posted, hold_released,"
+                              " hold_forced FROM authorizations WHERE id = 'auth-3'")
+    assert row is not None and placed is not None
+    assert tuple(row) == ("open", 40, 0, 0, False)
+    assert (placed["posted"], placed["over_posted"], placed["forced"]) == (0, 0, False)
+    assert await conn.fetchval("SELECT count(*) FROM holds") == 2
+    assert await _checks_failing(conn) == set()
+
+
 @pytest.mark.parametrize(
     ("tamper", "expected"),
     [
@@ -122,7 +183,9 @@ async def test_hold_parts_must_add_up(scratch: tuple[str, asyncpg.Connection]) -
         ("UPDATE authorizations SET approved_amount = 1", {"hold_matches_approvals"}),
         ("UPDATE authorizations SET state = 'declined'", {"declined_without_hold"}),
         ("INSERT INTO accounts (id, kind, currency) VALUES ('acct-2', 'customer', 'GBP');"
-         "UPDATE holds SET account_id = 'acct-2'", {"held", "hold_account"}),
+         "UPDATE holds SET account_id = 'acct-2'", {"held"}),
+        ("INSERT INTO accounts (id, kind, currency) VALUES ('acct-3', 'customer', 'EUR');"
+         "UPDATE authorizations SET account_id = 'acct-3'", {"held", "hold_currency"}),
         ("ALTER TABLE postings DISABLE TRIGGER postings_append_only", {"journal_guards"}),
     ],
 )

@@ -246,10 +246,10 @@ async def test_a_sweep_batches_due_holds_by_account_across_windows(
         {"posted": 10_000, "held": 5_000, "available": 5_000},
         {"posted": 9_300, "held": 0, "available": 9_300},
         {"posted": 10_000, "held": 0, "available": 10_000}]
-    # holds expired by one transaction share its xmin
+    # holds expired by one transaction share its xmin (a hold is its authorisation's row)
     batches = await world.db.fetch(
         "SELECT xmin::text AS tx, count(*) AS holds, count(DISTINCT account_id) AS accounts"
-        "  FROM holds WHERE id = ANY($1::text[]) GROUP BY 1", list(due))
+        "  FROM authorizations WHERE id = ANY($1::text[]) GROUP BY 1", list(due))
     assert sorted((b["holds"], b["accounts"]) for b in batches) == [(2, 1)] * 6
     assert (await sweep(world.db, start + dt.timedelta(days=8))).holds == 0
 
@@ -269,6 +269,7 @@ async def test_expiring_a_stale_list_of_holds_changes_nothing(
 
     row = await world.db.fetchrow("SELECT * FROM hf_expire_holds($1, $2)",
                                   start + dt.timedelta(days=1), [closed, live, "no-such-hold"])
+    assert row is not None
 
     assert (row["holds_expired"], row["amount_released"]) == (0, 0)
     assert await world.state(closed) == "reversed"
