@@ -5,7 +5,9 @@ It reads the due holds a window at a time (``window`` holds, oldest first) and c
 into batches grouped by account: a batch then updates one ``accounts`` row per account in it
 rather than one per hold, which is most of what a batch of holds spread over many accounts costs
 PostgreSQL, and it locks fewer of the accounts the hot path is deciding on (see migration 0010
-and benchmarks/README.md, "Expiry sweep")."""
+and benchmarks/README.md, "Expiry sweep"). The window is read in pages of ``_PAGE_ROWS`` (by
+expiry, then id) and grouped as it comes, so no single step of the sweep, reading included,
+holds a core for much longer than one batch does."""
 
 from __future__ import annotations
 
@@ -19,12 +21,16 @@ from holds.db import Executor
 
 __all__ = ["SweepResult", "sweep"]
 
-_DUE = """
-SELECT d.id FROM (SELECT h.id, h.account_id FROM holds h
-                   WHERE h.state = 'open' AND h.expires_at <= $1
-                   ORDER BY h.expires_at LIMIT $2) d
- ORDER BY d.account_id, d.id
+# one page of the due holds after ($2, $3) in (expiry, id) order; `expires_at >= $2` lets the
+# partial index holds_open_expiry start at the page instead of at the oldest due hold
+_DUE_PAGE = """
+SELECT h.id, h.account_id, h.expires_at FROM holds h
+ WHERE h.state = 'open' AND h.expires_at <= $1 AND h.expires_at >= $2
+   AND (h.expires_at, h.id) > ($2, $3)
+ ORDER BY h.expires_at, h.id LIMIT $4
 """
+_PAGE_ROWS = 10_000
+_FIRST = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +63,7 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
     """Expire everything due at ``now`` (or ``max_batches`` batches of it).
 
     ``window`` due holds (at least a batch) are read at a time and expired in batches of
-    ``batch_size`` in account order. ``duty`` (0 < duty <= 1) is the share of the time the
+    ``batch_size`` grouped by account. ``duty`` (0 < duty <= 1) is the share of the time the
     sweep may work: after a read or a batch that took *t* it rests *t* x (1 - duty) / duty, so
     a backlog is cleared at a steady pace that leaves the hot path CPU, WAL and locks in
     between, and slows by itself when the machine is busy. ``pause_s`` adds a fixed rest after
@@ -70,9 +76,7 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
     started = time.perf_counter()
     batches = holds = amount = 0
     while max_batches is None or batches < max_batches:
-        t0 = time.perf_counter()
-        ids: list[str] = [r["id"] for r in await db.fetch(_DUE, now, window)]
-        await pace.rest_after(t0, pause=False)
+        ids, full = await _window(db, now, window, pace)
         expired_in_window = 0
         for i in range(0, len(ids), batch_size):
             if max_batches is not None and batches >= max_batches:
@@ -90,8 +94,30 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
                 metrics.sweep_holds.inc(count)
                 metrics.sweep_amount.inc(released)
             await pace.rest_after(t0, pause=True)
-        if len(ids) < window or expired_in_window == 0:
+        if not full or expired_in_window == 0:
             break
     if metrics is not None:
         metrics.sweep_last_run.set_to_current_time()
     return SweepResult(batches, holds, amount, time.perf_counter() - started)
+
+
+async def _window(db: Executor, now: dt.datetime, window: int, pace: _Pace
+                  ) -> tuple[list[str], bool]:
+    """Up to ``window`` due holds, oldest first, read a page at a time (resting after each as
+    after a batch) and returned grouped by account; True when the window filled up (more may
+    be due)."""
+    by_account: dict[str, list[str]] = {}
+    after: tuple[dt.datetime, str] = (_FIRST, "")
+    taken = 0
+    while taken < window:
+        t0 = time.perf_counter()
+        want = min(_PAGE_ROWS, window - taken)
+        rows = await db.fetch(_DUE_PAGE, now, after[0], after[1], want)
+        for r in rows:
+            by_account.setdefault(r["account_id"], []).append(r["id"])
+        taken += len(rows)
+        await pace.rest_after(t0, pause=False)
+        if len(rows) < want:
+            break
+        after = (rows[-1]["expires_at"], rows[-1]["id"])
+    return [i for held in by_account.values() for i in held], taken >= window
