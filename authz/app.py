@@ -57,11 +57,22 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+# asyncpg replaces a pooled connection after 50,000 queries and closes one idle for 300 s. Its
+# pool hands out the most recently released connection first, so under load the same one or two
+# connections carry the ledger calls, and every 50,000 of them one was swapped for a cold
+# backend: a new connection, then its first hf_authorize_batch ~20 ms instead of ~2 (plans,
+# PL/pgSQL compiled again), with the requests queued behind it. Connections here are kept:
+# PostgreSQL's per-backend caches are bounded by the schema, not by the number of queries.
+_KEEP_FOREVER = 2**62
+
+
 async def create_pool(settings: Settings, size: int | None = None) -> asyncpg.Pool:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
         max_size=size or settings.pg_pool_size,
+        max_queries=_KEEP_FOREVER,
+        max_inactive_connection_lifetime=0,
         command_timeout=settings.pg_command_timeout_s,
         reset=_reset,
         server_settings={"application_name": "holdfast"},

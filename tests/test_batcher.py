@@ -13,8 +13,10 @@ from collections.abc import Sequence
 import asyncpg
 import pytest
 
+from authz.app import create_pool
 from authz.batcher import LedgerBatcher
 from authz.metrics import Metrics
+from authz.settings import Settings
 from holds import ledger
 from tests.support import Api, uid
 from tests.test_concurrency import account_row, open_holds
@@ -192,3 +194,17 @@ async def test_overlapping_batches_across_accounts_never_deadlock(
         assert count > 1
         assert (posted, held) == (10_000, remaining)
     await b.close()
+
+
+async def test_a_pooled_connection_outlives_asyncpgs_query_limit(settings: Settings) -> None:
+    """asyncpg would swap a pooled connection for a new, cold one after 50,000 queries (and close
+    one idle for 300 s); the server's pool keeps its connections warm."""
+    pool = await create_pool(settings, size=1)
+    try:
+        async with pool.acquire() as conn:
+            backend = await conn.fetchval("SELECT pg_backend_pid()")
+            for _ in range(50_001):
+                await conn.execute("SELECT 1")
+        assert await pool.fetchval("SELECT pg_backend_pid()") == backend
+    finally:
+        await pool.close()
