@@ -34,6 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,6 +134,8 @@ class _Samples:
     at: list[float] = field(default_factory=list)  # unix
     waiting: list[int] = field(default_factory=list)  # server connections waiting on a lock
     active: list[int] = field(default_factory=list)  # server connections running a statement
+    # what the server's running connections wait on ('IO:WALSync', 'LWLock:WALWrite', ...)
+    waits: list[Counter[str]] = field(default_factory=list)
     # the sweep's processes (its PostgreSQL backend; the `holdfast sweep` process): CPU seconds
     # last seen, read while they live (they are gone by the time the window closes)
     sweep_backend_s: dict[int, float] = field(default_factory=dict)
@@ -153,12 +156,15 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
         while not stop.is_set():
             rows = await conn.fetch(
                 "SELECT pid, application_name = 'holdfast' AS server,"
-                " wait_event_type = 'Lock' AS waiting, state = 'active' AS active"
+                " wait_event_type = 'Lock' AS waiting, state = 'active' AS active,"
+                " wait_event_type || ':' || wait_event AS wait"
                 " FROM pg_stat_activity WHERE datname = $1 AND backend_type = 'client backend'",
                 db_name)
             out.at.append(time.time())
             out.waiting.append(sum(1 for r in rows if r["server"] and r["waiting"]))
             out.active.append(sum(1 for r in rows if r["server"] and r["active"]))
+            out.waits.append(Counter(r["wait"] for r in rows
+                                     if r["server"] and r["active"] and r["wait"]))
             for r in rows:
                 if not r["server"] and r["pid"] not in out.sweep_backend_s:  # the sweep's
                     out.sweep_backend_s[r["pid"]] = 0.0
@@ -410,6 +416,19 @@ def _locks(samples: _Samples, lo: float, hi: float) -> tuple[str, str, str]:
     return f"{sum(waits) / len(waits):.2f}", str(max(waits)), f"{busy:.0%}"
 
 
+def _waits(samples: _Samples, lo: float, hi: float, top: int = 3) -> str:
+    """The wait events of the server's running connections between ``lo`` and ``hi`` (unix):
+    the most frequent, as mean connections waiting on each."""
+    seen = [w for t, w in zip(samples.at, samples.waits, strict=True) if lo <= t < hi]
+    if not seen:
+        return "-"
+    total: Counter[str] = Counter()
+    for w in seen:
+        total.update(w)
+    return ", ".join(f"{event} {count / len(seen):.2f}" for event, count in total.most_common(top)
+                     ) or "none"
+
+
 def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str, str]]) -> str:
     sw, r = out.sweep, out.result
     label = f" ({args.label})" if args.label else ""
@@ -447,7 +466,8 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
     lines += ["", "## Hot path before, during and after the sweep (one load run)", "",
               "Open loop, Poisson arrivals; latency from each request's due time (queueing in "
               "the client counts); requests are classed by due time. Lock waits: the server's "
-              "PostgreSQL connections waiting on a lock, sampled every 100 ms.", ""]
+              "PostgreSQL connections waiting on a lock, sampled every 100 ms, with the wait "
+              "events of those running a statement.", ""]
     rows = []
     bounds = {"before": (r.window_start_unix, sw.started_unix),
               "during": (sw.started_unix, sw.ended_unix),
@@ -457,10 +477,12 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
         mean_wait, max_wait, busy = _locks(out.samples, *bounds[name])
         rows.append([name, f"{lt.count:,}", *lt.cells(),
                      _num(lt.p99 / lat["before"].p99, 2) if lat["before"].p99 else "n/a",
-                     str(lost[name]), mean_wait, max_wait, busy])
+                     str(lost[name]), mean_wait, max_wait, busy,
+                     _waits(out.samples, *bounds[name])])
     lines += table(["window", "requests", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
                     "p99 / before", "unanswered", "lock waits (mean)", "(max)",
-                    "samples with a wait"], rows, "lrrrrrrrrrr")
+                    "samples with a wait", "waiting on (mean connections)"], rows,
+                   "lrrrrrrrrrrl")
     non_200 = sum(v for k, v in r.statuses.items() if k != "200")
     lines += ["", f"Answered {r.completed:,} of the requests due in the measured window at "
               f"{r.throughput:,.0f}/s; {r.errors:,} unanswered, {non_200:,} non-200. Client "
@@ -489,7 +511,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
     lines += ["", "## Hot-path latency over time", "",
               f"{_SERIES_S:g}-second buckets by due time; * = the sweep ran during the bucket.",
               ""]
-    lines += _series(r, sw)
+    lines += _series(r, sw, out.samples)
     notes = []
     if out.background[0] >= 0.05:
         notes.append(f"The machine was shared: {out.background[0]:.0%} of the cores were busy "
@@ -514,7 +536,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
     return "\n".join(lines) + "\n"
 
 
-def _series(r: Result, sw: _Sweep) -> list[str]:
+def _series(r: Result, sw: _Sweep, samples: _Samples) -> list[str]:
     buckets: dict[int, list[int]] = {}
     for due, lat in zip(r.due_ms, r.latencies_us, strict=True):
         buckets.setdefault(int(due / 1000 / _SERIES_S), []).append(lat)
@@ -525,8 +547,11 @@ def _series(r: Result, sw: _Sweep) -> list[str]:
         lo, hi = b * _SERIES_S, (b + 1) * _SERIES_S
         lt = Latency.of(buckets[b])
         mark = "*" if lo < end and hi > start else ""
-        rows.append([f"{lo:.0f}-{hi:.0f} s{mark}", f"{lt.count:,}", *lt.cells()])
-    return table(["due", "requests", "p50 ms", "p99 ms", "p99.9 ms", "max ms"], rows, "lrrrrr")
+        at = r.window_start_unix
+        rows.append([f"{lo:.0f}-{hi:.0f} s{mark}", f"{lt.count:,}", *lt.cells(),
+                     _waits(samples, at + lo, at + hi)])
+    return table(["due", "requests", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
+                  "server connections waiting on (mean)"], rows, "lrrrrrl")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
