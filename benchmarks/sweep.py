@@ -129,6 +129,47 @@ class _Sweep:
     output: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class _Disk:
+    """Cumulative counters of one block device (Linux /proc/diskstats)."""
+
+    written_sectors: int
+    writing_ms: int
+    discarding_ms: int
+    flushing_ms: int
+
+
+def _disk_device(data_directory: str) -> str | None:
+    """The /proc/diskstats name of the device holding ``data_directory`` (same host only)."""
+    try:
+        st = os.stat(data_directory)
+        wanted = (os.major(st.st_dev), os.minor(st.st_dev))
+        with open("/proc/diskstats") as f:
+            for line in f:
+                parts = line.split()
+                if (int(parts[0]), int(parts[1])) == wanted:
+                    return parts[2]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _read_disk(device: str | None) -> _Disk | None:
+    if device is None:
+        return None
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                parts = line.split()
+                if parts[2] == device:
+                    n = [int(x) for x in parts[3:]]
+                    return _Disk(n[6], n[7], n[14] if len(n) > 14 else 0,
+                                 n[16] if len(n) > 16 else 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 @dataclass(slots=True)
 class _Samples:
     at: list[float] = field(default_factory=list)  # unix
@@ -136,6 +177,9 @@ class _Samples:
     active: list[int] = field(default_factory=list)  # server connections running a statement
     # what the server's running connections wait on ('IO:WALSync', 'LWLock:WALWrite', ...)
     waits: list[Counter[str]] = field(default_factory=list)
+    # /proc/diskstats of PostgreSQL's data device at each sample (None: not readable)
+    disk: list[_Disk | None] = field(default_factory=list)
+    sweeping: bool = False  # from now on, other connections to the database are the sweep's
     # the sweep's processes (its PostgreSQL backend; the `holdfast sweep` process): CPU seconds
     # last seen, read while they live (they are gone by the time the window closes)
     sweep_backend_s: dict[int, float] = field(default_factory=dict)
@@ -153,7 +197,12 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
                         nice: int = 0) -> None:
     conn = await asyncpg.connect(admin_url)
     try:
+        try:
+            device = _disk_device(await conn.fetchval("SHOW data_directory"))
+        except asyncpg.PostgresError:  # not a superuser: no disk figures
+            device = None
         while not stop.is_set():
+            out.disk.append(_read_disk(device))
             rows = await conn.fetch(
                 "SELECT pid, application_name = 'holdfast' AS server,"
                 " wait_event_type = 'Lock' AS waiting, state = 'active' AS active,"
@@ -166,7 +215,7 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
             out.waits.append(Counter(r["wait"] for r in rows
                                      if r["server"] and r["active"] and r["wait"]))
             for r in rows:
-                if not r["server"] and r["pid"] not in out.sweep_backend_s:  # the sweep's
+                if out.sweeping and not r["server"] and r["pid"] not in out.sweep_backend_s:
                     out.sweep_backend_s[r["pid"]] = 0.0
                     if nice:
                         with contextlib.suppress(OSError):
@@ -282,13 +331,14 @@ async def _measure(args: argparse.Namespace, out: _Outcome, admin: str, url: str
         })
         before, during, after = (Window(n, watch) for n in ("before", "during", "after"))
         out.windows = [before, during, after]
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(
+            _sample_locks(admin, db_name, out.samples, stop_sampling, args.nice))
         before.open()
         print(f"load: {args.rate:,.0f}/s open loop; sweep in {args.before:g} s", flush=True)
         await asyncio.sleep(max(0.0, window_start + args.before - time.time()))
         before.close()
-        stop_sampling = asyncio.Event()
-        sampler = asyncio.create_task(
-            _sample_locks(admin, db_name, out.samples, stop_sampling, args.nice))
+        out.samples.sweeping = True
         during.open()
         out.sweep = await _run_sweep(args, url, out.samples)
         during.close()
@@ -536,6 +586,18 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
     return "\n".join(lines) + "\n"
 
 
+def _disk_cells(samples: _Samples, lo: float, hi: float) -> list[str]:
+    """MB written to PostgreSQL's device, and ms spent discarding and flushing, between lo and
+    hi (unix)."""
+    seen = [d for t, d in zip(samples.at, samples.disk, strict=True) if lo <= t < hi and d]
+    if len(seen) < 2:
+        return ["-", "-", "-"]
+    first, last = seen[0], seen[-1]
+    return [f"{(last.written_sectors - first.written_sectors) * 512 / 1e6:,.0f}",
+            f"{last.discarding_ms - first.discarding_ms:,}",
+            f"{last.flushing_ms - first.flushing_ms:,}"]
+
+
 def _series(r: Result, sw: _Sweep, samples: _Samples) -> list[str]:
     buckets: dict[int, list[int]] = {}
     for due, lat in zip(r.due_ms, r.latencies_us, strict=True):
@@ -549,9 +611,11 @@ def _series(r: Result, sw: _Sweep, samples: _Samples) -> list[str]:
         mark = "*" if lo < end and hi > start else ""
         at = r.window_start_unix
         rows.append([f"{lo:.0f}-{hi:.0f} s{mark}", f"{lt.count:,}", *lt.cells(),
+                     *_disk_cells(samples, at + lo, at + hi),
                      _waits(samples, at + lo, at + hi)])
-    return table(["due", "requests", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
-                  "server connections waiting on (mean)"], rows, "lrrrrrl")
+    return table(["due", "requests", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "disk MB written",
+                  "disk ms discarding", "disk ms flushing",
+                  "server connections waiting on (mean)"], rows, "lrrrrrrrrl")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
