@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from clearing.consumer import Consumer, ConsumerConfig, requeue_quarantined
-from clearing.sweep import sweep
+from clearing.sweep import _session, sweep
 from tests.support import Api, FakeClock, auth_body, uid
 
 
@@ -276,6 +276,22 @@ async def test_expiring_a_stale_list_of_holds_changes_nothing(
     assert await world.state(live) == "pending"
     assert await world.api.balances(account) == {"posted": 10_000, "held": 400,
                                                  "available": 9_600}
+
+
+async def test_the_sweep_writes_back_as_it_goes_and_leaves_its_connection_as_it_was(
+    database_url: str,
+) -> None:
+    """The sweep's session hands its writes to the disk every 2 MB (backend_flush_after) while
+    it works, and a pooled connection comes back with the server's setting."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        default = await pool.fetchval("SHOW backend_flush_after")
+        async with _session(pool) as conn:
+            assert await conn.fetchval("SHOW backend_flush_after") == "2MB"
+        await sweep(pool, dt.datetime.now(dt.UTC))
+        assert await pool.fetchval("SHOW backend_flush_after") == default
+    finally:
+        await pool.close()
 
 
 async def test_a_sweep_must_work_some_of_the_time(db: asyncpg.Pool) -> None:
