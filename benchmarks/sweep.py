@@ -92,7 +92,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "as soon as it connects (needs the privilege and the same host)")
     p.add_argument("--sql", action="append", default=[], metavar="FILE",
                    help="SQL applied to the benchmark's database after the load, e.g. a "
-                        "candidate CREATE OR REPLACE FUNCTION hf_expire (repeatable)")
+                        "candidate CREATE OR REPLACE FUNCTION hf_expire_holds (repeatable)")
     p.add_argument("--pg", default=os.environ.get(
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     p.add_argument("--redis", default=os.environ.get(
@@ -139,29 +139,24 @@ class _Disk:
     flushing_ms: int
 
 
-def _disk_device(data_directory: str) -> str | None:
-    """The /proc/diskstats name of the device holding ``data_directory`` (same host only)."""
+def _disk_device(data_directory: str) -> tuple[int, int] | None:
+    """(major, minor) of the device holding ``data_directory`` (same host only)."""
     try:
         st = os.stat(data_directory)
-        wanted = (os.major(st.st_dev), os.minor(st.st_dev))
-        with open("/proc/diskstats") as f:
-            for line in f:
-                parts = line.split()
-                if (int(parts[0]), int(parts[1])) == wanted:
-                    return parts[2]
-    except (OSError, ValueError, IndexError):
+    except OSError:
         return None
-    return None
+    return os.major(st.st_dev), os.minor(st.st_dev)
 
 
-def _read_disk(device: str | None) -> _Disk | None:
+def _read_disk(device: tuple[int, int] | None) -> _Disk | None:
+    """The device's counters from /proc/diskstats (discards and flushes: 0 on old kernels)."""
     if device is None:
         return None
     try:
         with open("/proc/diskstats") as f:
             for line in f:
                 parts = line.split()
-                if parts[2] == device:
+                if (int(parts[0]), int(parts[1])) == device:
                     n = [int(x) for x in parts[3:]]
                     return _Disk(n[6], n[7], n[14] if len(n) > 14 else 0,
                                  n[16] if len(n) > 16 else 0)
