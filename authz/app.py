@@ -22,6 +22,7 @@ from authz.settings import Settings
 from authz.standin import run_stand_in_reconciler
 from clearing.stats import read_open_holds, read_stats
 from policies.cache import PolicyCache, RedisClient
+from policies.resp import PipelinedRedis
 
 __all__ = [
     "AUTHORIZER",
@@ -98,11 +99,25 @@ def redis_client(settings: Settings) -> RedisClient:
     )
 
 
+def hotpath_redis(settings: Settings) -> PipelinedRedis | None:
+    """The hot path's own pipelined connection (policies/resp.py), or None to keep redis-py:
+    on a cluster, for a URL it does not speak, or with ``HOLDFAST_REDIS_PIPELINE=0``."""
+    if settings.redis_cluster or not settings.redis_pipeline:
+        return None
+    timeout_s = settings.redis_timeout_ms / 1000
+    fast = PipelinedRedis.from_url(settings.redis_url, connect_timeout_s=timeout_s,
+                                   stale_s=timeout_s)
+    if fast is None:
+        log.info("HOLDFAST_REDIS_URL is not a plain redis:// URL: the hot path uses redis-py")
+    return fast
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
     client = redis_client(settings)
-    cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s)
+    fast = hotpath_redis(settings)
+    cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s, fast)
     try:
         await cache.load_scripts()
     except Exception as exc:  # Redis down at start-up: serve in stand-in until it returns
@@ -122,6 +137,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         task.cancel()
     await asyncio.gather(*workers, return_exceptions=True)
     await app[AUTHORIZER].close()
+    if fast is not None:
+        await fast.aclose()
     await client.aclose()
     await pool.close()
 

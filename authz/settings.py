@@ -70,6 +70,9 @@ class Settings:
     # the URL names one seed node; the client discovers the others and routes each script by
     # its first key's slot (every key of a card carries the {card:<id>} hash tag)
     redis_cluster: bool = False
+    # the hot path's EVALSHA on one lean pipelined connection (policies/resp.py) instead of
+    # redis-py, where the URL allows (a single Redis over TCP)
+    redis_pipeline: bool = True
     host: str = "127.0.0.1"
     port: int = 8080
     environment: str = "development"
@@ -150,6 +153,7 @@ class Settings:
             redis_url=env.get("HOLDFAST_REDIS_URL", DEFAULT_REDIS_URL),
             redis_prefix=redis_prefix,
             redis_cluster=_flag(env, "HOLDFAST_REDIS_CLUSTER", False),
+            redis_pipeline=_flag(env, "HOLDFAST_REDIS_PIPELINE", True),
             host=env.get("HOLDFAST_HOST", "127.0.0.1"),
             port=_int(env, "HOLDFAST_PORT", 8080, 1, 65535),
             environment=environment,

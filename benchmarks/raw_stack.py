@@ -7,7 +7,9 @@
 least, with no logic at all: one Redis ``EVALSHA`` of a trivial script and one PostgreSQL
 ``INSERT``, then a small JSON answer. Everything else is Holdfast's: the same configuration
 (``Settings.from_env``), the same asyncpg pool (``authz.app.create_pool``: size, command timeout,
-the per-release reset switched off), the same redis-py client options, uvloop, and the same
+the per-release reset switched off), the same Redis connection for the one call
+(``authz.app.hotpath_redis``: the lean pipelined one, or redis-py with the same options when
+``HOLDFAST_REDIS_PIPELINE=0``), uvloop, and the same
 ``AppRunner``/``TCPSite`` setup as ``holdfast serve``. Holdfast's throughput divided by this one's
 is then the price of its own work (signature, validation, rules, velocity, ledger function,
 metrics), not of the machine.
@@ -19,7 +21,7 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import asyncpg
@@ -27,8 +29,9 @@ import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from authz.app import create_pool
+from authz.app import create_pool, hotpath_redis
 from authz.settings import Settings
+from policies.resp import PipelinedRedis
 
 __all__ = ["main", "make_app"]
 
@@ -45,6 +48,8 @@ _INSERT: Final = "INSERT INTO bench_raw_stack (body_bytes) VALUES ($1) RETURNING
 SETTINGS: Final = web.AppKey("settings", Settings)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
 REDIS: Final = web.AppKey("redis", aioredis.Redis)
+EvalSha = Callable[[], Awaitable[object]]
+EVALSHA: Final[web.AppKey[EvalSha]] = web.AppKey("evalsha")
 SHA: Final = web.AppKey("sha", str)
 KEY: Final = web.AppKey("key", str)
 
@@ -65,15 +70,26 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REDIS] = client
     app[SHA] = await client.script_load(_SCRIPT)
     app[KEY] = f"{settings.redis_prefix}raw-stack"
+    fast = hotpath_redis(settings)
+    app[EVALSHA] = _evalsha(fast, client, app[SHA], app[KEY])
     yield
+    if fast is not None:
+        await fast.aclose()
     await client.aclose()
     await pool.close()
+
+
+def _evalsha(fast: PipelinedRedis | None, client: aioredis.Redis, sha: str, key: str
+             ) -> EvalSha:
+    if fast is not None:
+        return lambda: fast.call("EVALSHA", sha, 1, key)
+    return lambda: client.evalsha(sha, 1, key)
 
 
 async def authorize(request: web.Request) -> web.Response:
     app = request.app
     body = await request.read()
-    await app[REDIS].evalsha(app[SHA], 1, app[KEY])
+    await app[EVALSHA]()
     row_id = await app[POOL].fetchval(_INSERT, len(body))
     return web.Response(
         body=orjson.dumps({"id": row_id, "decision": "approve"}), content_type="application/json"

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 
 from policies.model import AuthorizationRequest, Reason
+from policies.resp import PipelinedRedis
 from policies.store import CardSnapshot
 
 __all__ = ["PolicyCache", "RedisClient", "Verdict", "encode_snapshot"]
@@ -79,8 +80,13 @@ _MISS: Final = Verdict("miss")
 
 
 class PolicyCache:
-    def __init__(self, client: RedisClient, prefix: str, dedupe_ttl_s: int) -> None:
+    """``fast``: the hot path's decision script goes over this connection (policies/resp.py);
+    everything else, and the decision too without it, over ``client`` (redis-py)."""
+
+    def __init__(self, client: RedisClient, prefix: str, dedupe_ttl_s: int,
+                 fast: PipelinedRedis | None = None) -> None:
         self._redis = client
+        self._fast = fast
         self._prefix = prefix
         self._dedupe_ttl = str(dedupe_ttl_s)
         self._sources = {
@@ -125,6 +131,19 @@ class PolicyCache:
             # stand in, as they do with a single Redis
             raise ClusterError(f"{type(exc).__name__}: {exc}") from exc
 
+    async def _run_fast(self, fast: PipelinedRedis, name: str, keys: list[str],
+                        args: list[str]) -> object:
+        sha = self._sha.get(name)
+        if sha is None:
+            await self.load_scripts()
+            sha = self._sha[name]
+        try:
+            return await fast.call("EVALSHA", sha, len(keys), *keys, *args)
+        except NoScriptError:
+            # Redis restarted (or its scripts were flushed) since start-up: load them again
+            await self.load_scripts()
+            return await fast.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
+
     async def check(self, req: AuthorizationRequest, now_s: int, month: int) -> Verdict:
         """Duplicate check, rules and velocity for one request, counting it if all pass."""
         card = req.card_id
@@ -138,7 +157,10 @@ class PolicyCache:
             req.merchant_id, req.request_hash, self._dedupe_ttl,
             "0" if req.parent_id else "1", str(month),
         ]
-        out = await self._run("velocity", keys, args)
+        if self._fast is not None:
+            out = await self._run_fast(self._fast, "velocity", keys, args)
+        else:
+            out = await self._run("velocity", keys, args)
         return _parse_verdict(out)
 
     async def put(self, card: CardSnapshot) -> bool:

@@ -1,0 +1,144 @@
+"""The hot path's pipelined Redis connection (policies/resp.py), against the real Redis.
+
+Blocking commands (BLPOP on a key nobody pushes to) make Redis slow for this one connection only,
+without slowing the shared server for anyone else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+
+from authz.settings import Settings
+from policies.cache import PolicyCache
+from policies.model import AuthorizationRequest
+from policies.resp import PipelinedRedis, pack
+from tests.conftest import REDIS_URL
+
+
+def _fast(stale_s: float = 5.0) -> PipelinedRedis:
+    fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=stale_s)
+    assert fast is not None
+    return fast
+
+
+def test_pack_is_resp() -> None:
+    assert pack("EVALSHA", "ab", 1, "k") == (
+        b"*4\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n")
+    assert pack("SET", "k", "caf\u00e9") == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\ncaf\xc3\xa9\r\n"
+
+
+def test_from_url_speaks_only_plain_tcp() -> None:
+    fast = PipelinedRedis.from_url("redis://:p%40ss@10.0.0.5:6380/3")
+    assert fast is not None
+    assert (fast._host, fast._port, fast._db, fast._password) == ("10.0.0.5", 6380, 3, "p@ss")
+    for url in ("rediss://127.0.0.1:6379/0", "unix:///tmp/redis.sock",
+                "redis://127.0.0.1:6379/0?socket_timeout=1", "redis://127.0.0.1/abc"):
+        assert PipelinedRedis.from_url(url) is None, url
+
+
+async def test_concurrent_calls_each_get_their_own_reply() -> None:
+    fast = _fast()
+    try:
+        replies = await asyncio.gather(*[fast.call("ECHO", f"r{i}") for i in range(300)])
+        assert replies == [f"r{i}" for i in range(300)]
+        assert await fast.call("INCRBY", "hft:resp:never-set-int", 0) == 0
+    finally:
+        await fast.aclose()
+
+
+async def test_error_replies_are_redis_errors_and_the_connection_goes_on() -> None:
+    fast = _fast()
+    try:
+        with pytest.raises(NoScriptError):
+            await fast.call("EVALSHA", "0" * 40, 0)
+        with pytest.raises(ResponseError, match="unknown command"):
+            await fast.call("NOSUCHCOMMAND", "x")
+        assert await fast.call("ECHO", "still here") == "still here"
+    finally:
+        await fast.aclose()
+
+
+async def test_a_caller_that_gives_up_leaves_the_order_intact() -> None:
+    fast = _fast(stale_s=5.0)
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await fast.call("BLPOP", "hft:resp:nobody-pushes", "0.3")
+        # queued behind the abandoned BLPOP: its reply (nil) is dropped, this one gets its own
+        assert await fast.call("ECHO", "after") == "after"
+    finally:
+        await fast.aclose()
+
+
+async def test_a_connection_silent_too_long_is_replaced() -> None:
+    fast = _fast(stale_s=0.1)
+    try:
+        first = await fast.call("CLIENT", "ID")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.3):
+                await fast.call("BLPOP", "hft:resp:nobody-pushes", "5")
+        # the oldest command waited longer than stale_s: that connection was closed, a new
+        # one answers at once (not after the 5 s BLPOP)
+        async with asyncio.timeout(2):
+            second = await fast.call("CLIENT", "ID")
+        assert isinstance(first, int) and isinstance(second, int) and second != first
+    finally:
+        await fast.aclose()
+
+
+async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnects() -> None:
+    fast = _fast()
+    admin = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+    try:
+        my_id = await fast.call("CLIENT", "ID")
+        blocked = asyncio.ensure_future(fast.call("BLPOP", "hft:resp:nobody-pushes", "5"))
+        await asyncio.sleep(0.05)
+        assert isinstance(my_id, int)
+        assert await admin.client_kill_filter(_id=str(my_id)) == 1
+        with pytest.raises(RedisConnectionError):
+            async with asyncio.timeout(2):
+                await blocked
+        assert await fast.call("ECHO", "back") == "back"
+        assert await fast.call("CLIENT", "ID") != my_id
+    finally:
+        await fast.aclose()
+        await admin.aclose()
+
+
+async def test_no_redis_is_a_connection_error() -> None:
+    fast = PipelinedRedis("127.0.0.1", 1, connect_timeout_s=1.0)  # nothing listens on port 1
+    with pytest.raises(RedisConnectionError):
+        await fast.call("PING")
+
+
+async def test_selects_the_database_of_its_url(settings: Settings) -> None:
+    fast = PipelinedRedis.from_url("redis://127.0.0.1:6379/5")
+    assert fast is not None
+    try:
+        info = await fast.call("CLIENT", "INFO")
+        assert isinstance(info, str) and " db=5 " in info and " name=holdfast-hotpath " in info
+    finally:
+        await fast.aclose()
+
+
+async def test_the_policy_cache_reloads_lost_scripts_over_the_fast_path(
+        settings: Settings, redis: aioredis.Redis) -> None:
+    fast = _fast()
+    cache = PolicyCache(redis, settings.redis_prefix + "resp:", 60, fast)
+    try:
+        await cache.load_scripts()
+        cache._sha["velocity"] = "f" * 40  # as if Redis had restarted and lost the script
+        req = AuthorizationRequest(
+            provider="native", provider_id="resp-1", sequence=0, authorization_id="resp-1",
+            card_id="card-resp-none", amount_minor=100, currency="GBP", merchant_id="m",
+            merchant_name="M", mcc="5411", country="GB", channel="pos", partial_allowed=False,
+            parent_id=None, request_hash="h")
+        verdict = await cache.check(req, 1_800_000_000, 202701)
+        assert verdict.kind == "miss"  # the script ran: no policy cached for this card
+        assert cache._sha["velocity"] != "f" * 40
+    finally:
+        await fast.aclose()
