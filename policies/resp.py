@@ -6,8 +6,9 @@ release): about a fifth of the server's CPU per authorisation. This connection d
 that one call needs: it packs the command as RESP bytes, writes them at once, and matches
 replies to callers in order (Redis answers a connection's commands in the order sent), parsed
 by hiredis -- the parser redis-py itself uses. Every concurrent decision shares the one
-connection, so requests that arrive together go out back to back and their replies come back in
-one read: pipelining without waiting to form a batch. Measured in isolation (8 concurrent
+connection, and the commands queued in one turn of the event loop go out in one write at the end
+of it, so requests that arrive together cost one system call and their replies come back in one
+read: pipelining without waiting to form a batch. Measured in isolation (8 concurrent
 calls): ~15-20 us of Python per call, against ~65-75 us with a redis-py pipeline of 8 and ~85-100
 us with one redis-py call each.
 
@@ -62,6 +63,7 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque[tuple[asyncio.Future[object], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self._outbox: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's TCP transport is not a subclass of asyncio.Transport, but is one)
@@ -83,6 +85,18 @@ class _Protocol(asyncio.Protocol):
                 future.set_exception(_error(reply))
             else:
                 future.set_result(reply)
+
+    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
+        """Queue a command; every command queued in one turn of the event loop goes out in one
+        write at the end of it (one system call for the decisions that reached Redis together)."""
+        if not self._outbox:
+            loop.call_soon(self._flush)
+        self._outbox.append(command)
+
+    def _flush(self) -> None:
+        out, self._outbox = self._outbox, []
+        if self.transport is not None and not self.lost:
+            self.transport.write(b"".join(out))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -144,8 +158,7 @@ class PipelinedRedis:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[object] = loop.create_future()
         proto.pending.append((future, loop.time()))
-        assert proto.transport is not None
-        proto.transport.write(pack(*parts))
+        proto.send(pack(*parts), loop)
         try:
             return await future
         except asyncio.CancelledError:
