@@ -99,14 +99,16 @@ def redis_client(settings: Settings) -> RedisClient:
     )
 
 
-def hotpath_redis(settings: Settings) -> PipelinedRedis | None:
+def hotpath_redis(settings: Settings, on_connect: Callable[[], None] | None = None
+                  ) -> PipelinedRedis | None:
     """The hot path's own pipelined connection (policies/resp.py), or None to keep redis-py:
-    on a cluster, for a URL it does not speak, or with ``HOLDFAST_REDIS_PIPELINE=0``."""
+    on a cluster, for a URL it does not speak, or with ``HOLDFAST_REDIS_PIPELINE=0``.
+    ``on_connect`` is called each time it opens a connection."""
     if settings.redis_cluster or not settings.redis_pipeline:
         return None
     timeout_s = settings.redis_timeout_ms / 1000
     fast = PipelinedRedis.from_url(settings.redis_url, connect_timeout_s=timeout_s,
-                                   stale_s=timeout_s)
+                                   stale_s=timeout_s, on_connect=on_connect)
     if fast is None:
         log.info("HOLDFAST_REDIS_URL is not a plain redis:// URL: the hot path uses redis-py")
     return fast
@@ -116,7 +118,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(settings)
     client = redis_client(settings)
-    fast = hotpath_redis(settings)
+    fast = hotpath_redis(settings, app[METRICS].redis_connects.inc)
     cache = PolicyCache(client, settings.redis_prefix, settings.dedupe_ttl_s, fast)
     try:
         await cache.load_scripts()

@@ -50,6 +50,11 @@ class Metrics:
             "holdfast_redis_errors_total", "Redis calls that failed or timed out", ["op"],
             registry=r,
         )
+        self.redis_connects = Counter(
+            "holdfast_redis_hotpath_connects_total",
+            "Connections opened by the decision's pipelined Redis connection (one at start; "
+            "each more is a lost or replaced connection)", registry=r,
+        )
         self.postgres_errors = Counter(
             "holdfast_postgres_errors_total", "PostgreSQL calls that failed", ["op"], registry=r,
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Final, cast
 from urllib.parse import unquote, urlsplit
 
@@ -122,7 +123,8 @@ class PipelinedRedis:
     def __init__(self, host: str, port: int = _DEFAULT_PORT, *, db: int = 0,
                  username: str | None = None, password: str | None = None,
                  connect_timeout_s: float = 1.0, stale_s: float = 1.0,
-                 name: str = "holdfast-hotpath") -> None:
+                 name: str = "holdfast-hotpath",
+                 on_connect: Callable[[], None] | None = None) -> None:
         self._host = host
         self._port = port
         self._db = db
@@ -131,12 +133,13 @@ class PipelinedRedis:
         self._connect_timeout_s = connect_timeout_s
         self._stale_s = stale_s
         self._name = name
+        self._on_connect = on_connect
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
 
     @classmethod
-    def from_url(cls, url: str, *, connect_timeout_s: float = 1.0, stale_s: float = 1.0
-                 ) -> PipelinedRedis | None:
+    def from_url(cls, url: str, *, connect_timeout_s: float = 1.0, stale_s: float = 1.0,
+                 on_connect: Callable[[], None] | None = None) -> PipelinedRedis | None:
         """The connection for a ``redis://`` URL; None for what it does not speak (TLS, Unix
         sockets, URL options): the caller keeps redis-py for those."""
         parts = urlsplit(url)
@@ -148,7 +151,7 @@ class PipelinedRedis:
         return cls(parts.hostname, parts.port or _DEFAULT_PORT, db=int(path or 0),
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password else None,
-                   connect_timeout_s=connect_timeout_s, stale_s=stale_s)
+                   connect_timeout_s=connect_timeout_s, stale_s=stale_s, on_connect=on_connect)
 
     async def call(self, *parts: str | int) -> object:
         """Send one command and wait for its reply (bound it with the caller's timeout)."""
@@ -184,6 +187,8 @@ class PipelinedRedis:
                     f"cannot connect to Redis at {self._host}:{self._port}: "
                     f"{type(exc).__name__}") from exc
             self._proto = proto
+            if self._on_connect is not None:
+                self._on_connect()
             return proto
 
     async def _handshake(self, proto: _Protocol) -> None:

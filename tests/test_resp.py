@@ -17,6 +17,7 @@ from policies.cache import PolicyCache
 from policies.model import AuthorizationRequest
 from policies.resp import PipelinedRedis, pack
 from tests.conftest import REDIS_URL
+from tests.support import Api
 
 
 def _fast(stale_s: float = 5.0) -> PipelinedRedis:
@@ -91,7 +92,10 @@ async def test_a_connection_silent_too_long_is_replaced() -> None:
 
 
 async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnects() -> None:
-    fast = _fast()
+    connects: list[None] = []
+    fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=5.0,
+                                   on_connect=lambda: connects.append(None))
+    assert fast is not None
     admin = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         my_id = await fast.call("CLIENT", "ID")
@@ -102,8 +106,10 @@ async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnect
         with pytest.raises(RedisConnectionError):
             async with asyncio.timeout(2):
                 await blocked
+        assert len(connects) == 1
         assert await fast.call("ECHO", "back") == "back"
         assert await fast.call("CLIENT", "ID") != my_id
+        assert len(connects) == 2  # what holdfast_redis_hotpath_connects_total counts
     finally:
         await fast.aclose()
         await admin.aclose()
@@ -142,3 +148,13 @@ async def test_the_policy_cache_reloads_lost_scripts_over_the_fast_path(
         assert cache._sha["velocity"] != "f" * 40
     finally:
         await fast.aclose()
+
+
+async def test_the_server_decides_over_it_and_counts_its_connections(api: Api) -> None:
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    r = await api.authorize(card, 100)
+    assert r.status == 200 and r.body["decision"] == "approve"
+    metrics = await api.raw("GET", "/metrics")
+    # the session's server opened its pipelined connection once and has kept it
+    assert "holdfast_redis_hotpath_connects_total 1.0" in str(metrics.body)
