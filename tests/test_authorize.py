@@ -175,6 +175,28 @@ async def test_velocity_count_limit_and_roll_over(api: Api, clock: FakeClock) ->
     assert r.body["reason"] == "count_limit_exceeded"
 
 
+async def test_two_sliding_windows_over_the_same_minutes(api: Api, clock: FakeClock) -> None:
+    """At most 2 in a half hour and 3 in an hour, both kept in minute buckets: each window counts
+    only its own minutes."""
+    acct = await api.account("GBP", funds=100_000)
+    card = await api.card(acct, {"velocity": [{"window": "30m", "max_count": 2},
+                                              {"window": "1h", "max_count": 3}]})
+    t0 = 1_800_000_000  # a whole minute
+    clock.set(t0)
+    assert (await api.authorize(card, 100)).body["decision"] == "approve"
+    clock.set(t0 + 10 * 60)
+    assert (await api.authorize(card, 100)).body["decision"] == "approve"
+    clock.set(t0 + 20 * 60)
+    assert (await api.authorize(card, 100)).body["reason"] == "count_limit_exceeded"  # 30m
+    # at minute 41 the half hour starts at minute 11 and holds nothing; the hour holds two
+    clock.set(t0 + 41 * 60)
+    assert (await api.authorize(card, 100)).body["decision"] == "approve"
+    # at minute 45 the half hour holds one, the hour three: the hour refuses a fourth
+    clock.set(t0 + 45 * 60)
+    r = await api.authorize(card, 100)
+    assert (r.body["reason"], r.body["code"]) == ("count_limit_exceeded", "65")
+
+
 async def test_velocity_daily_amount_is_a_calendar_day(api: Api, clock: FakeClock) -> None:
     acct = await api.account("GBP", funds=100_000)
     card = await api.card(acct, {"velocity": [{"window": "1d", "max_amount": 1_000}]})
