@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.loadgen import Result
 
-__all__ = ["Measured", "Targets", "percentile", "render"]
+__all__ = ["Measured", "Targets", "percentile", "render", "saturation_phase"]
 
 HOLDFAST = "holdfast"
 RAW = "raw"
@@ -19,7 +19,7 @@ _CPU_GROUPS = ("server", "postgres", "redis", "client", "irq", "other")
 
 @dataclass(frozen=True, slots=True)
 class Measured:
-    phase: str  # "saturation" or "open:<rate>"
+    phase: str  # "saturation@<connections>" or "open:<rate>"
     target: str  # HOLDFAST or RAW
     round: int
     result: Result
@@ -99,29 +99,39 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str) -> 
     return out
 
 
-def _headline(measured: Sequence[Measured], phases: Sequence[str], targets: Targets,
-              concurrency: int) -> list[str]:
+def saturation_phase(connections: int) -> str:
+    return f"saturation@{connections}"
+
+
+def _headline(measured: Sequence[Measured], phases: Sequence[str], targets: Targets
+              ) -> list[str]:
     rows: list[list[str]] = []
-    sat_h = _median_rate(_runs(measured, "saturation", HOLDFAST))
-    sat_r = _median_rate(_runs(measured, "saturation", RAW))
+    levels = [p for p in phases if p.startswith("saturation@")]
+    # a server's saturation: its best concurrency level (the median of that level's rounds)
+    per_level = {p: (_median_rate(_runs(measured, p, HOLDFAST)),
+                     _median_rate(_runs(measured, p, RAW))) for p in levels}
+    sat_h = max((h for h, _ in per_level.values()), default=math.nan)
+    sat_r = max((r for _, r in per_level.values()), default=math.nan)
     sat_ok = sat_h >= targets.saturation_rps and sat_h >= targets.saturation_ratio * sat_r
-    n_rounds = len(_runs(measured, "saturation", HOLDFAST))
+    # a run answered with errors, or one that ran out of requests, measured something else
+    spoiled = any(r.errors or r.exhausted or any(k != "200" for k in r.statuses)
+                  for p in levels for r in _runs(measured, p, HOLDFAST) + _runs(measured, p, RAW))
+    n_rounds = len(_runs(measured, levels[0], HOLDFAST)) if levels else 0
     rows.append([
-        f"**saturation** (closed loop, {concurrency} connections; req/s, median of {n_rounds})",
+        f"**saturation** (closed loop; req/s, each server's best of "
+        f"{', '.join(p.split('@')[1] for p in levels)} connections, median of {n_rounds} "
+        "rounds each)",
         _num(sat_h), _num(sat_r), _ratio(sat_h, sat_r),
         f">= {targets.saturation_rps:,.0f}/s and >= {targets.saturation_ratio} x raw",
-        _verdict(sat_ok),
+        "INVALID: errors (see Every run)" if spoiled else _verdict(sat_ok),
     ])
-    pairs: dict[int, dict[str, float]] = {m.round: {} for m in measured
-                                          if m.phase == "saturation"}
-    for m in measured:
-        if m.phase == "saturation":
-            pairs[m.round][m.target] = m.result.throughput
-    per_round = [_ratio(p.get(HOLDFAST, math.nan), p.get(RAW, math.nan)) for p in pairs.values()]
-    rows.append(["  each round (Holdfast, raw: run back to back)",
-                 ", ".join(_num(p.get(HOLDFAST, math.nan)) for p in pairs.values()),
-                 ", ".join(_num(p.get(RAW, math.nan)) for p in pairs.values()),
-                 ", ".join(per_round), "", ""])
+    for p in levels:
+        hold, raw = _runs(measured, p, HOLDFAST), _runs(measured, p, RAW)
+        rows.append([
+            f"  {p.split('@')[1]} connections: median (each round, run back to back)",
+            f"{_num(per_level[p][0])} ({', '.join(_num(r.throughput) for r in hold)})",
+            f"{_num(per_level[p][1])} ({', '.join(_num(r.throughput) for r in raw)})",
+            _ratio(*per_level[p]), "", ""])
     for phase in phases:
         if not phase.startswith("open:"):
             continue
@@ -224,12 +234,12 @@ def _sharing_note(measured: Sequence[Measured]) -> str | None:
 
 
 def render(measured: Sequence[Measured], phases: Sequence[str], targets: Targets,
-           concurrency: int, context: Context) -> str:
+           context: Context) -> str:
     sharing = _sharing_note(measured)
     if sharing:
         context.notes.insert(0, sharing)
     lines = [f"# {context.title}", ""]
-    lines += _headline(measured, phases, targets, concurrency)
+    lines += _headline(measured, phases, targets)
     lines += ["", "Latency is from each request's *due* time in the open-loop schedule (queueing "
               "in the client counts); the ratio column is Holdfast / raw stack (for throughput "
               "higher is better, for latency lower is better).", ""]

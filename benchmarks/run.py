@@ -35,7 +35,16 @@ import orjson
 from benchmarks import dataset, harness
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
-from benchmarks.report import HOLDFAST, RAW, Context, Measured, Targets, percentile, render
+from benchmarks.report import (
+    HOLDFAST,
+    RAW,
+    Context,
+    Measured,
+    Targets,
+    percentile,
+    render,
+    saturation_phase,
+)
 from benchmarks.servers import ServerProcess, free_port, start_server
 
 __all__ = ["main"]
@@ -44,13 +53,24 @@ _DEDUPE_TTL_S: Final = 3600  # PolicyCache wants one; warming the cache writes n
 _PAUSE_S: Final = 1.2  # between runs: let give-backs, WAL writes and the client process settle
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError("connections: integers, comma-separated") from None
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("connections: at least one level, each >= 1")
+    return levels
+
+
 def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cards", type=int, default=10_000, help="cardholders seeded (default 10000)")
     p.add_argument("--warmup", type=float, default=3.0, help="closed-loop warm-up per server, s")
-    p.add_argument("--concurrency", type=int, default=32,
-                   help="closed-loop connections for saturation (default 32)")
+    p.add_argument("--concurrency", type=_levels, default=(32, 128),
+                   help="closed-loop connections for saturation, comma-separated (default "
+                        "32,128): each level is measured; a server's saturation is its best")
     p.add_argument("--sat-seconds", type=float, default=6.0, help="each saturation run, s")
     p.add_argument("--sat-rounds", type=int, default=3, help="saturation runs per server")
     p.add_argument("--rate", type=float, default=1_000.0, help="open-loop rate, req/s")
@@ -208,7 +228,9 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, dict[str, object]]]:
     """(phase, round, load-generator settings) in the order they run."""
     plan: list[tuple[str, int, dict[str, object]]] = []
     for r in range(1, args.sat_rounds + 1):
-        plan.append(("saturation", r, {"mode": "closed", "duration_s": args.sat_seconds}))
+        for level in args.concurrency:
+            plan.append((saturation_phase(level), r, {
+                "mode": "closed", "duration_s": args.sat_seconds, "connections": level}))
     for rate, rounds in ((args.rate, args.open_rounds), (args.high_rate, 1)):
         for r in range(1, rounds + 1 if rate > 0 else 1):
             plan.append((f"open:{rate:g}", r, {
@@ -224,7 +246,7 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
         base = Spec(host="127.0.0.1", port=server.port, mode="closed", duration_s=0.0,
                     lead_in_s=args.lead_in, cards=args.cards, seed=seed, secret=bench.secret,
                     id_prefix=f"{bench.run_id}.{tag}.{server.name[0]}",
-                    connections=args.concurrency, arrivals=args.arrivals,
+                    connections=max(args.concurrency), arrivals=args.arrivals,
                     server_pid=server.pid, max_rate=max_rate[server.name])
         return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
@@ -250,7 +272,7 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
             # their statistics (at most once a second) so the samples frame this run only
             await asyncio.sleep(_PAUSE_S)
             before = await pg_sample(bench.pg_admin, bench.db_name)
-            tag = f"{phase.replace(':', '')}.{round_}"
+            tag = f"{phase.replace(':', '').replace('@', '-')}.{round_}"
             result = await _load(bench, servers[name], spec(servers[name], tag, seed, **kw))
             await asyncio.sleep(_PAUSE_S)
             after = await pg_sample(bench.pg_admin, bench.db_name)
@@ -272,8 +294,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                            *await harness.environment(bench.pg_admin, bench.redis_url)]
     context.settings = [
         ("cards", f"{args.cards:,} (one funded account each)"),
-        ("saturation", f"closed loop, {args.concurrency} connections, {args.sat_rounds} x "
-                       f"{args.sat_seconds:g} s per server"),
+        ("saturation", f"closed loop at {', '.join(map(str, args.concurrency))} connections, "
+                       f"{args.sat_rounds} x {args.sat_seconds:g} s per level and server; a "
+                       "server's saturation is its best level (median of its rounds)"),
         ("open loop", f"{args.arrivals} arrivals at {args.rate:g}/s, {args.open_rounds} x "
                       f"{args.open_seconds:g} s per server, {args.connections} connections"
                       + (f"; {args.high_rate:g}/s, 1 x {args.open_seconds:g} s"
@@ -323,7 +346,7 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         keys = await dataset.forget_keys(bench.redis_url, bench.prefix)
         print(f"dropped {db_name}, deleted {keys:,} Redis keys", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    text = render(measured, phases, Targets(open_rate=args.rate), args.concurrency, context)
+    text = render(measured, phases, Targets(open_rate=args.rate), context)
     return text, ok
 
 
