@@ -7,6 +7,7 @@ and environments apart on a shared Redis.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from importlib import resources
 from typing import Final, Literal
@@ -112,37 +113,32 @@ class PolicyCache:
         for name, source in self._sources.items():
             self._sha[name] = await self._redis.script_load(source)
 
-    async def _run(self, name: str, keys: list[str], args: list[str]) -> object:
+    async def _run(self, name: str, keys: list[str], args: list[str],
+                   fast: PipelinedRedis | None = None) -> object:
+        """EVALSHA of one of the scripts, over ``fast`` when given, else redis-py."""
         try:
             sha = self._sha.get(name)
             if sha is None:
                 await self.load_scripts()
                 sha = self._sha[name]
             try:
-                return await self._redis.evalsha(sha, len(keys), *keys, *args)
+                return await self._evalsha(fast, sha, keys, args)
             except NoScriptError:
                 # Redis (or, on a cluster, the primary owning this slot: restarted, failed
                 # over, new) lost its scripts since start-up: load them again everywhere, once
                 await self.load_scripts()
-                return await self._redis.evalsha(self._sha[name], len(keys), *keys, *args)
+                return await self._evalsha(fast, self._sha[name], keys, args)
         except RedisClusterException as exc:
             # redis-py raises this outside the RedisError tree when no cluster node can be
             # reached or a slot has no owner: translate it so callers see Redis as down and
             # stand in, as they do with a single Redis
             raise ClusterError(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _run_fast(self, fast: PipelinedRedis, name: str, keys: list[str],
-                        args: list[str]) -> object:
-        sha = self._sha.get(name)
-        if sha is None:
-            await self.load_scripts()
-            sha = self._sha[name]
-        try:
-            return await fast.call("EVALSHA", sha, len(keys), *keys, *args)
-        except NoScriptError:
-            # Redis restarted (or its scripts were flushed) since start-up: load them again
-            await self.load_scripts()
-            return await fast.call("EVALSHA", self._sha[name], len(keys), *keys, *args)
+    def _evalsha(self, fast: PipelinedRedis | None, sha: str, keys: list[str],
+                 args: list[str]) -> Awaitable[object]:
+        if fast is not None:
+            return fast.call("EVALSHA", sha, len(keys), *keys, *args)
+        return self._redis.evalsha(sha, len(keys), *keys, *args)
 
     async def check(self, req: AuthorizationRequest, now_s: int, month: int) -> Verdict:
         """Duplicate check, rules and velocity for one request, counting it if all pass."""
@@ -157,11 +153,7 @@ class PolicyCache:
             req.merchant_id, req.request_hash, self._dedupe_ttl,
             "0" if req.parent_id else "1", str(month),
         ]
-        if self._fast is not None:
-            out = await self._run_fast(self._fast, "velocity", keys, args)
-        else:
-            out = await self._run("velocity", keys, args)
-        return _parse_verdict(out)
+        return _parse_verdict(await self._run("velocity", keys, args, self._fast))
 
     async def put(self, card: CardSnapshot) -> bool:
         """Cache the card unless a newer version is already cached. True if written."""

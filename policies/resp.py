@@ -87,12 +87,16 @@ class _Protocol(asyncio.Protocol):
             else:
                 future.set_result(reply)
 
-    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> None:
-        """Queue a command; every command queued in one turn of the event loop goes out in one
-        write at the end of it (one system call for the decisions that reached Redis together)."""
+    def request(self, command: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[object]:
+        """Queue a command and return the future of its reply. Every command queued in one turn
+        of the event loop goes out in one write at the end of it (one system call for the
+        decisions that reached Redis together)."""
+        future: asyncio.Future[object] = loop.create_future()
+        self.pending.append((future, loop.time()))
         if not self._outbox:
             loop.call_soon(self._flush)
         self._outbox.append(command)
+        return future
 
     def _flush(self) -> None:
         out, self._outbox = self._outbox, []
@@ -159,9 +163,7 @@ class PipelinedRedis:
         if proto is None or proto.lost:
             proto = await self._connect()
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[object] = loop.create_future()
-        proto.pending.append((future, loop.time()))
-        proto.send(pack(*parts), loop)
+        future = proto.request(pack(*parts), loop)
         try:
             return await future
         except asyncio.CancelledError:
@@ -200,13 +202,7 @@ class PipelinedRedis:
             commands.append(("SELECT", self._db))
         commands.append(("CLIENT", "SETNAME", self._name))
         loop = asyncio.get_running_loop()
-        futures = []
-        for _ in commands:
-            future: asyncio.Future[object] = loop.create_future()
-            proto.pending.append((future, loop.time()))
-            futures.append(future)
-        assert proto.transport is not None
-        proto.transport.write(b"".join(pack(*command) for command in commands))
+        futures = [proto.request(pack(*command), loop) for command in commands]
         try:
             for future in futures:
                 await future

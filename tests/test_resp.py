@@ -6,6 +6,8 @@ without slowing the shared server for anyone else."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,10 +22,14 @@ from tests.conftest import REDIS_URL
 from tests.support import Api
 
 
-def _fast(stale_s: float = 5.0) -> PipelinedRedis:
+@contextlib.asynccontextmanager
+async def _connected(stale_s: float = 5.0) -> AsyncIterator[PipelinedRedis]:
     fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=stale_s)
     assert fast is not None
-    return fast
+    try:
+        yield fast
+    finally:
+        await fast.aclose()
 
 
 def test_pack_is_resp() -> None:
@@ -42,42 +48,32 @@ def test_from_url_speaks_only_plain_tcp() -> None:
 
 
 async def test_concurrent_calls_each_get_their_own_reply() -> None:
-    fast = _fast()
-    try:
+    async with _connected() as fast:
         replies = await asyncio.gather(*[fast.call("ECHO", f"r{i}") for i in range(300)])
         assert replies == [f"r{i}" for i in range(300)]
         assert await fast.call("INCRBY", "hft:resp:never-set-int", 0) == 0
-    finally:
-        await fast.aclose()
 
 
 async def test_error_replies_are_redis_errors_and_the_connection_goes_on() -> None:
-    fast = _fast()
-    try:
+    async with _connected() as fast:
         with pytest.raises(NoScriptError):
             await fast.call("EVALSHA", "0" * 40, 0)
         with pytest.raises(ResponseError, match="unknown command"):
             await fast.call("NOSUCHCOMMAND", "x")
         assert await fast.call("ECHO", "still here") == "still here"
-    finally:
-        await fast.aclose()
 
 
 async def test_a_caller_that_gives_up_leaves_the_order_intact() -> None:
-    fast = _fast(stale_s=5.0)
-    try:
+    async with _connected(stale_s=5.0) as fast:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await fast.call("BLPOP", "hft:resp:nobody-pushes", "0.3")
         # queued behind the abandoned BLPOP: its reply (nil) is dropped, this one gets its own
         assert await fast.call("ECHO", "after") == "after"
-    finally:
-        await fast.aclose()
 
 
 async def test_a_connection_silent_too_long_is_replaced() -> None:
-    fast = _fast(stale_s=0.1)
-    try:
+    async with _connected(stale_s=0.1) as fast:
         first = await fast.call("CLIENT", "ID")
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
@@ -87,8 +83,6 @@ async def test_a_connection_silent_too_long_is_replaced() -> None:
         async with asyncio.timeout(2):
             second = await fast.call("CLIENT", "ID")
         assert isinstance(first, int) and isinstance(second, int) and second != first
-    finally:
-        await fast.aclose()
 
 
 async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnects() -> None:
@@ -133,9 +127,8 @@ async def test_selects_the_database_of_its_url(settings: Settings) -> None:
 
 async def test_the_policy_cache_reloads_lost_scripts_over_the_fast_path(
         settings: Settings, redis: aioredis.Redis) -> None:
-    fast = _fast()
-    cache = PolicyCache(redis, settings.redis_prefix + "resp:", 60, fast)
-    try:
+    async with _connected() as fast:
+        cache = PolicyCache(redis, settings.redis_prefix + "resp:", 60, fast)
         await cache.load_scripts()
         cache._sha["velocity"] = "f" * 40  # as if Redis had restarted and lost the script
         req = AuthorizationRequest(
@@ -146,8 +139,6 @@ async def test_the_policy_cache_reloads_lost_scripts_over_the_fast_path(
         verdict = await cache.check(req, 1_800_000_000, 202701)
         assert verdict.kind == "miss"  # the script ran: no policy cached for this card
         assert cache._sha["velocity"] != "f" * 40
-    finally:
-        await fast.aclose()
 
 
 async def test_the_server_decides_over_it_and_counts_its_connections(api: Api) -> None:
