@@ -234,8 +234,10 @@ class _History:
     pass of its own and streamed to its COPY."""
 
     def __init__(self, cards: list[Card], count: int, mix: Mix, prefix: str, seed: int,
-                 now: dt.datetime) -> None:
+                 now: dt.datetime, arrival_order: bool = False) -> None:
         self.cards = cards
+        self.arrival_order = arrival_order
+        self._arrived: list[_Row] | None = None
         self.count = count
         self.mix = mix
         self.prefix = prefix
@@ -256,6 +258,15 @@ class _History:
         self.stride = stride
 
     def rows(self) -> Iterator[_Row]:
+        """The rows in generation order, or with ``arrival_order`` in the order the hot path
+        would have inserted them (by creation time: held in memory, sorted once)."""
+        if not self.arrival_order:
+            return self._generate()
+        if self._arrived is None:
+            self._arrived = sorted(self._generate(), key=lambda r: (r.created_min, r.n))
+        return iter(self._arrived)
+
+    def _generate(self) -> Iterator[_Row]:
         rng = random.Random(self.seed)
         mix = self.mix
         cut_declined = mix.declined
@@ -399,11 +410,19 @@ def _stream(lines: Iterator[str]) -> AsyncIterator[bytes]:
 
 async def load_history(url: str, cards: list[Card], count: int, mix: Mix, *, prefix: str,
                        seed: int = 7, now: dt.datetime | None = None,
-                       progress: Callable[[str], None] | None = None) -> Loaded:
+                       progress: Callable[[str], None] | None = None,
+                       arrival_order: bool = False) -> Loaded:
     """``count`` authorisations over ``cards`` in the shares of ``mix``, in one transaction;
-    then ``accounts.held`` set from the open holds. Both tables must be empty."""
+    then ``accounts.held`` set from the open holds. Both tables must be empty.
+
+    The rows are generated with random times; ``arrival_order`` writes them in order of
+    creation, as the hot path would have inserted them, so the heap is laid out as a live
+    table's is (holds of one expiry window side by side). Without it, neighbouring rows are
+    from any time in the history: the expiry sweep then meets its due holds scattered over the
+    whole table (the worst case for the buffer cache; benchmarks/README.md, "Session 5")."""
     started = time.perf_counter()
-    history = _History(cards, count, mix, prefix, seed, now or dt.datetime.now(dt.UTC))
+    history = _History(cards, count, mix, prefix, seed, now or dt.datetime.now(dt.UTC),
+                       arrival_order)
     loaded = Loaded(authorizations=count)
     conn = await asyncpg.connect(url)
     try:

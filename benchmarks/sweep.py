@@ -90,6 +90,10 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--nice", type=int, default=0, metavar="N",
                    help="renice the sweep's PostgreSQL backend to N (1-19: lower CPU priority) "
                         "as soon as it connects (needs the privilege and the same host)")
+    p.add_argument("--layout", choices=("arrival", "scattered"), default="arrival",
+                   help="arrival (default): the expired holds written in order of creation, as "
+                        "the hot path lays a live table out; scattered: in random order, so "
+                        "the due holds lie all over the table (the buffer cache's worst case)")
     p.add_argument("--sql", action="append", default=[], metavar="FILE",
                    help="SQL applied to the benchmark's database after the load, e.g. a "
                         "candidate CREATE OR REPLACE FUNCTION hf_expire_holds (repeatable)")
@@ -377,10 +381,13 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                               f"policies) in {seconds:.1f} s")
         out.loaded = await bulk.load_history(
             url, bulk.cards_of(args.cards), args.holds, bulk.Mix(open_due=1.0), prefix="exp-",
-            progress=lambda line: print(line, flush=True))
+            progress=lambda line: print(line, flush=True),
+            arrival_order=args.layout == "arrival")
+        layout = ("in order of creation, as the hot path writes them" if args.layout == "arrival"
+                  else "in random order: the due holds scattered over the table")
         out.load_notes.append(
             f"{args.holds:,} expired open holds (authorizations + authorization_requests + "
-            f"holds, COPY FREEZE) over {len(out.loaded.held):,} accounts in "
+            f"holds, COPY FREEZE, {layout}) over {len(out.loaded.held):,} accounts in "
             f"{out.loaded.seconds:.1f} s; {out.loaded.amount_open_minor:,} minor units held")
         for path, text in args.sql_texts:
             conn = await asyncpg.connect(url)
