@@ -12,7 +12,9 @@ holds a core for much longer than one batch does.
 The sweep's session asks PostgreSQL to hand its writes to the disk as it goes
 (``backend_flush_after``): it is the bulk writer that cycles the expired rows through the
 buffer cache, and left to the kernel its dirty pages went out in bursts of ~350 MB every 30 s
-that made the hot path's WAL flushes wait ~0.3 s (benchmarks/README.md, "Expiry sweep")."""
+that made the hot path's WAL flushes wait ~0.3 s (benchmarks/README.md, "Expiry sweep"). It
+commits without waiting for the disk and compresses the full-page images in its WAL where the
+role may (see ``_session``)."""
 
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ _PAGE_ROWS = 10_000
 # PostgreSQL's largest: the sweep's backend asks the kernel to write back every 2 MB it writes
 _FLUSH_AFTER = "2MB"
 _FIRST = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
+# fastest first; pglz is in every build
+_WAL_COMPRESSION = ("lz4", "pglz")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,16 +110,49 @@ class _Tally:
 
 @asynccontextmanager
 async def _session(db: Executor) -> AsyncIterator[Conn]:
-    """One connection for the whole sweep, writing back as it goes; put back as it was."""
+    """One connection for the whole sweep, writing back as it goes and compressing its
+    full-page images where it may; put back as it was."""
     if isinstance(db, asyncpg.Pool):
         async with db.acquire() as conn, _session(conn) as same:
             yield same
         return
     await db.execute(f"SET backend_flush_after = '{_FLUSH_AFTER}'")
+    compressing = await _compress_wal(db)
+    # The sweep's commits do not wait for their WAL to reach the disk: a crash forgets at most
+    # the last few batches (wal_writer_delay x 3), whose holds are then still open and due and
+    # the next sweep expires them. Nothing outside learns of an expiry before that, and a
+    # decision that spends funds a batch released commits after it, so its own (synchronous)
+    # commit makes the batch durable first. The sweep waits on the disk much less
+    # (benchmarks/README.md, "Session 5").
+    await db.execute("SET synchronous_commit = off")
     try:
         yield db
     finally:
         await db.execute("RESET backend_flush_after")
+        await db.execute("RESET synchronous_commit")
+        if compressing:
+            await db.execute("RESET wal_compression")
+
+
+async def _compress_wal(db: Conn) -> bool:
+    """Compress the full-page images the sweep's WAL carries, which are most of it: the sweep
+    is the first writer of each page of old holds since the last checkpoint. Every commit of the
+    hot path flushes the WAL written before it, the sweep's included, so the sweep's WAL is
+    what slows the hot path most while it runs (benchmarks/README.md, "Session 5": lz4 took
+    ~40 % off the sweep's WAL for ~2 us of CPU per hold). Only where this role may change the
+    setting (a superuser, or ``GRANT SET ON PARAMETER wal_compression``) and the server has a
+    compressor; a server that compresses all its WAL already needs nothing."""
+    if await db.fetchval("SHOW wal_compression") != "off":
+        return False
+    for method in _WAL_COMPRESSION:
+        try:
+            await db.execute(f"SET wal_compression = {method}")
+        except asyncpg.InsufficientPrivilegeError:
+            return False
+        except (asyncpg.InvalidParameterValueError, asyncpg.FeatureNotSupportedError):
+            continue  # built without this compressor
+        return True
+    return False
 
 
 async def _expire(conn: Conn, now: dt.datetime, ids: list[str], batch_size: int,

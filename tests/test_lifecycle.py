@@ -284,17 +284,53 @@ async def test_expiring_a_stale_list_of_holds_changes_nothing(
 async def test_the_sweep_writes_back_as_it_goes_and_leaves_its_connection_as_it_was(
     database_url: str,
 ) -> None:
-    """The sweep's session hands its writes to the disk every 2 MB (backend_flush_after) while
-    it works, and a pooled connection comes back with the server's setting."""
+    """The sweep's session hands its writes to the disk every 2 MB (backend_flush_after),
+    commits without waiting for the disk and compresses its full-page images (a superuser may)
+    while it works, and a pooled connection comes back with the server's settings."""
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    names = ("backend_flush_after", "synchronous_commit", "wal_compression")
     try:
-        default = await pool.fetchval("SHOW backend_flush_after")
+        defaults = [await pool.fetchval(f"SHOW {n}") for n in names]
         async with _session(pool) as conn:
-            assert await conn.fetchval("SHOW backend_flush_after") == "2MB"
+            flush, sync, compression = [await conn.fetchval(f"SHOW {n}") for n in names]
+        assert (flush, sync) == ("2MB", "off")
+        assert compression in ({"lz4", "pglz"} if defaults[2] == "off" else {defaults[2]})
         await sweep(pool, dt.datetime.now(dt.UTC))
-        assert await pool.fetchval("SHOW backend_flush_after") == default
+        assert [await pool.fetchval(f"SHOW {n}") for n in names] == defaults
     finally:
         await pool.close()
+
+
+async def test_a_role_that_may_not_compress_wal_sweeps_without_it(
+    database_url: str, world: World, clock: FakeClock,
+) -> None:
+    """Not every deployment's role may change wal_compression (a superuser's setting): the
+    sweep then runs without it and still expires what is due."""
+    role = uid("hf_sweeper").replace("-", "_")
+    _, card = await funded_card(world)
+    start = dt.datetime(2027, 9, 1, 9, 0, tzinfo=dt.UTC)
+    clock.set(start.timestamp())
+    auth = await world.authorize(card, 300)
+    await world.db.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+    try:
+        await world.db.execute(
+            f'GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO "{role}"')
+        base, _, rest = database_url.partition("//")
+        conn = await asyncpg.connect(f"{base}//{role}@{rest.partition('@')[2]}")
+        try:
+            assert not await conn.fetchval("SELECT rolsuper FROM pg_roles"
+                                           " WHERE rolname = current_user")
+            async with _session(conn) as same:
+                assert await same.fetchval("SHOW wal_compression") == "off"
+                assert await same.fetchval("SHOW synchronous_commit") == "off"
+            result = await sweep(conn, start + dt.timedelta(days=8))
+        finally:
+            await conn.close()
+    finally:
+        await world.db.execute(f'DROP OWNED BY "{role}"')
+        await world.db.execute(f'DROP ROLE "{role}"')
+    assert result.holds >= 1
+    assert await world.state(auth) == "expired"
 
 
 async def test_a_sweep_must_work_some_of_the_time(db: asyncpg.Pool) -> None:
