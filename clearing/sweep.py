@@ -33,17 +33,28 @@ from holds.db import Conn, Executor
 __all__ = ["SweepResult", "sweep"]
 
 # one page of the due holds after ($2, $3) in (expiry, id) order; `expires_at >= $2` lets the
-# partial index holds_open_expiry start at the page instead of at the oldest due hold
+# index holds_expiry (every hold's expiry, closed ones too) start at the page
 _DUE_PAGE = """
 SELECT h.id, h.account_id, h.expires_at FROM holds h
  WHERE h.state = 'open' AND h.expires_at <= $1 AND h.expires_at >= $2
    AND (h.expires_at, h.id) > ($2, $3)
  ORDER BY h.expires_at, h.id LIMIT $4
 """
+# a pass begins: below the mark no hold is open; FOR UPDATE waits for the writers placing a
+# hold that expires within a day (migration 0012) to commit; later ones expire after it
+_MARK_AT_START = """
+SELECT swept_to, clock_timestamp() AS began FROM hold_expiry_mark FOR UPDATE
+"""
+_RAISE_MARK = """
+UPDATE hold_expiry_mark SET swept_to = greatest(swept_to, $1)
+"""
+# the soonest expiry among a batch's holds still open after it (locked by another writer)
+_LEFT_OPEN = """
+SELECT min(expires_at) FROM holds WHERE id = ANY ($1::text[]) AND state = 'open'
+"""
 _PAGE_ROWS = 10_000
 # PostgreSQL's largest: the sweep's backend asks the kernel to write back every 2 MB it writes
 _FLUSH_AFTER = "2MB"
-_FIRST = dt.datetime(1, 1, 2, tzinfo=dt.UTC)
 # fastest first; pglz is in every build
 _WAL_COMPRESSION = ("lz4", "pglz")
 
@@ -82,8 +93,12 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
     sweep may work: after a read or a batch that took *t* it rests *t* x (1 - duty) / duty, so
     a backlog is cleared at a steady pace that leaves the hot path CPU, WAL and locks in
     between, and slows by itself when the machine is busy. ``pause_s`` adds a fixed rest after
-    each batch. A window in which nothing could be expired (every hold taken by another sweeper
-    or a lifecycle event meanwhile) ends the sweep; the next one finds what is left."""
+    each batch.
+
+    The sweep reads from the low-water mark (``hold_expiry_mark``: no hold below it is open)
+    up to ``now``, once; a pass that reaches ``now`` raises the mark (see ``_end_pass``). A hold
+    another writer holds meanwhile is left to it, and the mark stays at or below its expiry, so
+    the next sweep reads it again."""
     pace = _Pace(duty, pause_s)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -91,11 +106,18 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
     started = time.perf_counter()
     tally = _Tally()
     async with _session(db) as conn:
+        mark, began = await _begin_pass(conn)
+        cursor = _Cursor(mark, "")
+        complete = False
         while max_batches is None or tally.batches < max_batches:
-            ids, full = await _window(conn, now, window, pace)
-            expired = await _expire(conn, now, ids, batch_size, max_batches, pace, metrics, tally)
-            if not full or expired == 0:
+            ids, full = await _window(conn, now, window, pace, cursor)
+            finished = await _expire(conn, now, ids, batch_size, max_batches, pace, metrics,
+                                     tally)
+            if not full:
+                complete = finished
                 break
+        if complete:
+            await _end_pass(conn, now, began, tally.left_open)
     if metrics is not None:
         metrics.sweep_last_run.set_to_current_time()
     return SweepResult(tally.batches, tally.holds, tally.amount, time.perf_counter() - started)
@@ -106,6 +128,37 @@ class _Tally:
     batches: int = 0
     holds: int = 0
     amount: int = 0
+    left_open: dt.datetime | None = None  # the soonest expiry of a due hold left open
+
+
+@dataclass(slots=True)
+class _Cursor:
+    """Where the pass has read to, in (expiry, id) order."""
+
+    expires_at: dt.datetime
+    id: str
+
+
+async def _begin_pass(conn: Conn) -> tuple[dt.datetime, dt.datetime]:
+    """The mark, and the database's clock once every writer placing a soon-due hold before
+    now has committed (a short transaction of its own)."""
+    async with conn.transaction():
+        row = await conn.fetchrow(_MARK_AT_START)
+    if row is None:
+        raise RuntimeError("hold_expiry_mark has no row: run holdfast migrate")
+    mark: dt.datetime = row["swept_to"]
+    began: dt.datetime = row["began"]
+    return mark, began
+
+
+async def _end_pass(conn: Conn, now: dt.datetime, began: dt.datetime,
+                    left_open: dt.datetime | None) -> None:
+    """After a pass that read every hold due at ``now``: raise the mark to what the pass proved
+    closed. Not past ``now`` (holds due later were not read), nor past the clock when the pass
+    began (a soon-due hold placed since expires after it, migration 0012), nor past a due hold
+    left open (another writer had it). The mark never moves back."""
+    mark = min(now, began) if left_open is None else min(now, began, left_open)
+    await conn.execute(_RAISE_MARK, mark)
 
 
 @asynccontextmanager
@@ -157,45 +210,48 @@ async def _compress_wal(db: Conn) -> bool:
 
 async def _expire(conn: Conn, now: dt.datetime, ids: list[str], batch_size: int,
                   max_batches: int | None, pace: _Pace, metrics: ConsumerMetrics | None,
-                  tally: _Tally) -> int:
-    """Expire a window's holds in batches (each its own transaction); how many it expired."""
-    expired = 0
+                  tally: _Tally) -> bool:
+    """Expire a window's holds in batches (each its own transaction); False when
+    ``max_batches`` stopped it before the end."""
     for i in range(0, len(ids), batch_size):
         if max_batches is not None and tally.batches >= max_batches:
-            break
+            return False
         t0 = time.perf_counter()
-        row = await conn.fetchrow("SELECT * FROM hf_expire_holds($1, $2)",
-                                  now, ids[i:i + batch_size])
+        batch = ids[i:i + batch_size]
+        row = await conn.fetchrow("SELECT * FROM hf_expire_holds($1, $2)", now, batch)
         count, released = (row["holds_expired"], row["amount_released"]) if row else (0, 0)
+        if count < len(batch):  # closed meanwhile, or another writer has it: which?
+            soonest = await conn.fetchval(_LEFT_OPEN, batch)
+            if soonest is not None and (tally.left_open is None or soonest < tally.left_open):
+                tally.left_open = soonest
         tally.batches += 1
         tally.holds += count
         tally.amount += released
-        expired += count
         if metrics is not None:
             metrics.sweep_seconds.observe(time.perf_counter() - t0)
             metrics.sweep_holds.inc(count)
             metrics.sweep_amount.inc(released)
         await pace.rest_after(t0, pause=True)
-    return expired
+    return True
 
 
-async def _window(db: Conn, now: dt.datetime, window: int, pace: _Pace
+async def _window(db: Conn, now: dt.datetime, window: int, pace: _Pace, cursor: _Cursor
                   ) -> tuple[list[str], bool]:
-    """Up to ``window`` due holds, oldest first, read a page at a time (resting after each as
-    after a batch) and returned grouped by account; True when the window filled up (more may
-    be due)."""
+    """Up to ``window`` due holds after ``cursor`` (moved past them), oldest first, read a page
+    at a time (resting after each as after a batch) and returned grouped by account; True when
+    the window filled up (more may be due)."""
     by_account: dict[str, list[str]] = {}
-    after: tuple[dt.datetime, str] = (_FIRST, "")
     taken = 0
     while taken < window:
         t0 = time.perf_counter()
         want = min(_PAGE_ROWS, window - taken)
-        rows = await db.fetch(_DUE_PAGE, now, after[0], after[1], want)
+        rows = await db.fetch(_DUE_PAGE, now, cursor.expires_at, cursor.id, want)
         for r in rows:
             by_account.setdefault(r["account_id"], []).append(r["id"])
         taken += len(rows)
         await pace.rest_after(t0, pause=False)
+        if rows:
+            cursor.expires_at, cursor.id = rows[-1]["expires_at"], rows[-1]["id"]
         if len(rows) < want:
             break
-        after = (rows[-1]["expires_at"], rows[-1]["id"])
     return [i for held in by_account.values() for i in held], taken >= window

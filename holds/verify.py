@@ -137,6 +137,11 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
           LEFT JOIN (SELECT account_id, sum(amount) AS total FROM payment_holds
                       WHERE state = 'open' GROUP BY account_id) ph ON ph.account_id = a.id
          WHERE a.held <> coalesce(h.total, 0) + coalesce(ph.total, 0)"""),
+    ("expiry_mark", "no open hold expires before the expiry sweep's low-water mark", """
+        SELECT format('hold %s: open, expires %s, before the sweep''s mark %s', h.id,
+                      h.expires_at, m.swept_to)
+          FROM holds h, hold_expiry_mark m
+         WHERE h.state = 'open' AND h.expires_at < m.swept_to"""),
     ("hold_parts", "each hold's parts add up and none is negative", """
         SELECT format('hold %s: authorized %s, posted %s, over-posted %s, released %s, '
                       'remaining %s, state %s', id, authorized, posted, over_posted, released,
