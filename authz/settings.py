@@ -99,7 +99,7 @@ class Settings:
     hold_window_long_s: int = 30 * 86400
     stand_in_max_amount_minor: int = 10_000
     sweep_interval_s: int = 60
-    sweep_batch_size: int = 1000
+    sweep_batch_size: int = 200
     # due holds the sweep reads at a time and cuts into batches grouped by account
     sweep_window: int = 200_000
     # the share of the time a sweep works through a backlog (clearing/sweep.py); 100 = flat out
@@ -179,7 +179,7 @@ class Settings:
                 env, "HOLDFAST_STAND_IN_MAX_AMOUNT", 10_000, 0, 10**15
             ),
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
-            sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 1000, 1, 50_000),
+            sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 200, 1, 50_000),
             sweep_window=_int(env, "HOLDFAST_SWEEP_WINDOW", 200_000, 1, 5_000_000),
             sweep_duty_pct=_int(env, "HOLDFAST_SWEEP_DUTY_PCT", 50, 1, 100),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),

@@ -78,7 +78,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "clearing.sweep.sweep in this process (allows --pause-ms)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="holds per batch (default: the server's, HOLDFAST_SWEEP_BATCH_SIZE "
-                        "or 1000)")
+                        "or 200)")
     p.add_argument("--pause-ms", type=float, default=0.0,
                    help="pause between batches (--sweeper function only)")
     p.add_argument("--duty", type=int, default=None, metavar="PCT",

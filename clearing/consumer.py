@@ -42,7 +42,7 @@ class ConsumerConfig:
     batch_size: int = 200
     poll_interval_s: float = 1.0
     sweep_interval_s: float = 60.0
-    sweep_batch_size: int = 1000
+    sweep_batch_size: int = 200
     sweep_window: int = 200_000
     sweep_duty: float = 1.0
     rollup_batch_size: int = 5000

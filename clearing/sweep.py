@@ -82,7 +82,7 @@ class _Pace:
             await asyncio.sleep(rest)
 
 
-async def sweep(db: Executor, now: dt.datetime, batch_size: int = 1000,
+async def sweep(db: Executor, now: dt.datetime, batch_size: int = 200,
                 max_batches: int | None = None, pause_s: float = 0.0,
                 metrics: ConsumerMetrics | None = None, duty: float = 1.0,
                 window: int = 200_000) -> SweepResult:
