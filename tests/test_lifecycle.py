@@ -404,6 +404,26 @@ async def test_the_mark_stays_below_a_due_hold_another_writer_has_and_rises_once
     assert await _mark(world.db) > await _expiry(world.db, held)
 
 
+async def test_a_pass_begins_after_the_writers_placing_soon_due_holds(
+    world: World, database_url: str,
+) -> None:
+    """A writer placing a hold due within a day gets an expiry no earlier than its clock and
+    holds a share lock on the mark's row until it commits; a sweep's pass begins only then, so
+    it reads that hold."""
+    writer = await asyncpg.connect(database_url)
+    try:
+        async with writer.transaction():
+            floored = await writer.fetchval(
+                "SELECT hf_hold_expiry_floor_at(now() - interval '1 hour')")
+            assert floored >= await writer.fetchval("SELECT now()")
+            pending = asyncio.ensure_future(sweep(world.db, dt.datetime.now(dt.UTC)))
+            await asyncio.sleep(0.3)
+            assert not pending.done()  # waiting on the writer
+        await asyncio.wait_for(pending, 10)
+    finally:
+        await writer.close()
+
+
 async def test_verify_finds_an_open_hold_below_the_sweeps_mark(world: World) -> None:
     """The mark is an invariant: an open hold expiring before it would never be swept."""
     _, card = await funded_card(world)
