@@ -226,6 +226,11 @@ async def _sample_locks(admin_url: str, db_name: str, out: _Samples, stop: async
         await conn.close()
 
 
+def _batch_size(args: argparse.Namespace) -> int:
+    """Holds per batch: as asked, else the server's default."""
+    return int(args.batch_size or Settings().sweep_batch_size)
+
+
 def _duty(args: argparse.Namespace) -> int:
     """The sweep's duty cycle, percent: as asked, else the command's default (the function's:
     flat out)."""
@@ -239,7 +244,7 @@ async def _run_sweep(args: argparse.Namespace, url: str, samples: _Samples) -> _
         conn = await asyncpg.connect(url)
         try:
             out.started_unix = time.time()
-            result = await sweep(conn, dt.datetime.now(dt.UTC), args.batch_size or 1000,
+            result = await sweep(conn, dt.datetime.now(dt.UTC), _batch_size(args),
                                  pause_s=args.pause_ms / 1000, metrics=metrics,
                                  duty=(args.duty or 100) / 100,
                                  window=args.window or Settings().sweep_window)
@@ -497,7 +502,7 @@ def _render(args: argparse.Namespace, out: _Outcome, environment: list[tuple[str
     lines += table(
         ["measurement", "figure", "target", ""],
         [[f"**sweep** of {sw.holds:,} expired holds ({sw.batches:,} batches of "
-          f"{args.batch_size or 1000:,}" + (f", {args.pause_ms:g} ms pause" if args.pause_ms
+          f"{_batch_size(args):,}" + (f", {args.pause_ms:g} ms pause" if args.pause_ms
                                              else "")
           + f", window {args.window or Settings().sweep_window:,}, duty {_duty(args)} %)",
           f"{sw.seconds:.1f} s", "< 60 s", "PASS" if sweep_ok else "FAIL"],
