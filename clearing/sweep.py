@@ -189,12 +189,12 @@ async def _session(db: Executor) -> AsyncIterator[Conn]:
 
 async def _compress_wal(db: Conn) -> bool:
     """Compress the full-page images the sweep's WAL carries, which are most of it: the sweep
-    is the first writer of each page of old holds since the last checkpoint. Every commit of the
-    hot path flushes the WAL written before it, the sweep's included, so the sweep's WAL is
-    what slows the hot path most while it runs (benchmarks/README.md, "Session 5": lz4 took
-    ~40 % off the sweep's WAL for ~2 us of CPU per hold). Only where this role may change the
-    setting (a superuser, or ``GRANT SET ON PARAMETER wal_compression``) and the server has a
-    compressor; a server that compresses all its WAL already needs nothing."""
+    is the first writer of each page of old holds since the last checkpoint, and every commit
+    of the hot path flushes the WAL written before it, the sweep's included
+    (benchmarks/README.md, "Session 5": lz4 took ~40 % off the sweep's WAL for ~2 us of CPU per
+    hold; on its own it did not lower the hot path's p99 measurably). Only where this role may
+    change the setting (a superuser, or ``GRANT SET ON PARAMETER wal_compression``) and the
+    server has a compressor; a server that compresses all its WAL already needs nothing."""
     if await db.fetchval("SHOW wal_compression") != "off":
         return False
     for method in _WAL_COMPRESSION:
