@@ -441,7 +441,8 @@ async def load_history(url: str, cards: list[Card], count: int, mix: Mix, *, pre
                 if progress:
                     progress(f"  {table}: {time.perf_counter() - t0:.1f} s")
         await set_held(conn, loaded.held)
-        # COPY passed the trigger that keeps new holds above the sweep's low-water mark
+        # COPY bypassed what keeps new holds at or above the sweep's low-water mark (migration
+        # 0012): lower the mark to the soonest open hold
         await conn.execute(
             "UPDATE hold_expiry_mark SET swept_to = least(swept_to, (SELECT min(hold_expires_at)"
             " FROM authorizations WHERE hold_state = 'open'))")
