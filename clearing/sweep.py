@@ -5,9 +5,9 @@ It reads the due holds a window at a time (``window`` holds, oldest first) and c
 into batches grouped by account: a batch then updates one ``accounts`` row per account in it
 rather than one per hold, which is most of what a batch of holds spread over many accounts costs
 PostgreSQL, and it locks fewer of the accounts the hot path is deciding on (see migration 0010
-and benchmarks/README.md, "Expiry sweep"). The window is read in pages of ``_PAGE_ROWS`` (by
-expiry, then id) and grouped as it comes, so no single step of the sweep, reading included,
-holds a core for much longer than one batch does.
+and benchmarks/README.md, "Expiry sweep"), and its accounts in id order (fewer of their pages).
+The window is read in pages of ``_PAGE_ROWS`` (by expiry, then id), so no single step of the
+sweep, reading included, holds a core for much longer than one batch does.
 
 The sweep's session asks PostgreSQL to hand its writes to the disk as it goes
 (``backend_flush_after``): it is the bulk writer that cycles the expired rows through the
@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import chain
 
 import asyncpg
 
@@ -32,13 +33,19 @@ from holds.db import Conn, Executor
 
 __all__ = ["SweepResult", "sweep"]
 
-# one page of the due holds after ($2, $3) in (expiry, id) order; `expires_at >= $2` lets the
-# index holds_expiry (every hold's expiry, closed ones too) start at the page
+# one page of the due holds after ($2, $3) in (expiry, id) order, as two arrays (one aggregate
+# pass fills both, so they stay aligned) and the page's last (expiry, id); no row when none is
+# due. `expires_at >= $2` lets the index holds_expiry (every hold's expiry, closed ones too)
+# start at the page.
 _DUE_PAGE = """
-SELECT h.id, h.account_id, h.expires_at FROM holds h
- WHERE h.state = 'open' AND h.expires_at <= $1 AND h.expires_at >= $2
-   AND (h.expires_at, h.id) > ($2, $3)
- ORDER BY h.expires_at, h.id LIMIT $4
+WITH page AS MATERIALIZED (
+    SELECT h.id, h.account_id, h.expires_at FROM holds h
+     WHERE h.state = 'open' AND h.expires_at <= $1 AND h.expires_at >= $2
+       AND (h.expires_at, h.id) > ($2, $3)
+     ORDER BY h.expires_at, h.id LIMIT $4)
+SELECT g.accounts, g.ids, l.expires_at, l.id
+  FROM (SELECT array_agg(p.account_id) AS accounts, array_agg(p.id) AS ids FROM page p) g,
+       (SELECT p.expires_at, p.id FROM page p ORDER BY p.expires_at DESC, p.id DESC LIMIT 1) l
 """
 # a pass begins: below the mark no hold is open; FOR UPDATE waits for the writers placing a
 # hold that expires within a day (migration 0012) to commit; later ones expire after it
@@ -237,21 +244,32 @@ async def _expire(conn: Conn, now: dt.datetime, ids: list[str], batch_size: int,
 
 async def _window(db: Conn, now: dt.datetime, window: int, pace: _Pace, cursor: _Cursor
                   ) -> tuple[list[str], bool]:
-    """Up to ``window`` due holds after ``cursor`` (moved past them), oldest first, read a page
-    at a time (resting after each as after a batch) and returned grouped by account; True when
-    the window filled up (more may be due)."""
-    by_account: dict[str, list[str]] = {}
-    taken = 0
-    while taken < window:
+    """Up to ``window`` due holds after ``cursor`` (moved past them), read a page at a time
+    (resting after each as after a batch) and returned grouped by account, the accounts in id
+    order (a batch's accounts then sit on fewer pages of their table); True when the window
+    filled up (more may be due). The rows arrive as two arrays (no record per row) and are
+    grouped in one pass (benchmarks/README.md, "Session 6")."""
+    accounts: list[str] = []
+    ids: list[str] = []
+    while len(ids) < window:
         t0 = time.perf_counter()
-        want = min(_PAGE_ROWS, window - taken)
-        rows = await db.fetch(_DUE_PAGE, now, cursor.expires_at, cursor.id, want)
-        for r in rows:
-            by_account.setdefault(r["account_id"], []).append(r["id"])
-        taken += len(rows)
+        want = min(_PAGE_ROWS, window - len(ids))
+        page = await db.fetchrow(_DUE_PAGE, now, cursor.expires_at, cursor.id, want)
+        got = 0
+        if page is not None:
+            accounts.extend(page["accounts"])
+            ids.extend(page["ids"])
+            got = len(page["ids"])
+            cursor.expires_at, cursor.id = page["expires_at"], page["id"]
         await pace.rest_after(t0, pause=False)
-        if rows:
-            cursor.expires_at, cursor.id = rows[-1]["expires_at"], rows[-1]["id"]
-        if len(rows) < want:
+        if got < want:
             break
-    return [i for held in by_account.values() for i in held], taken >= window
+    by_account: dict[str, list[str]] = {}
+    for account, hold in zip(accounts, ids, strict=True):
+        held = by_account.get(account)
+        if held is None:
+            by_account[account] = [hold]
+        else:
+            held.append(hold)
+    return (list(chain.from_iterable(by_account[a] for a in sorted(by_account))),
+            len(ids) >= window)

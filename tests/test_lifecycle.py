@@ -282,6 +282,46 @@ async def test_expiring_a_stale_list_of_holds_changes_nothing(
                                                  "available": 9_600}
 
 
+async def test_a_batch_that_updates_fewer_holds_than_it_locked_releases_nothing(
+    world: World, clock: FakeClock,
+) -> None:
+    """A batch locks its due holds, then updates them by their rows' addresses (migration
+    0013). Should the update ever miss a locked hold, the batch counts it and aborts whole: no
+    hold expires and the account's held amount does not move. The miss is forced here by a
+    trigger that skips one row's update."""
+    account, card = await funded_card(world)
+    start = dt.datetime(2027, 8, 15, 8, 0, tzinfo=dt.UTC)
+    clock.set(start.timestamp())
+    kept, skipped = await world.authorize(card, 250), await world.authorize(card, 350)
+    await world.db.execute("""
+        CREATE FUNCTION test_skip_one_update() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            RETURN CASE WHEN NEW.id = current_setting('test.skip_update', true)
+                        THEN NULL ELSE NEW END;
+        END $$;
+        CREATE TRIGGER test_skip_one_update BEFORE UPDATE ON authorizations
+            FOR EACH ROW EXECUTE FUNCTION test_skip_one_update();
+    """)
+    try:
+        async with world.db.acquire() as conn:
+            with pytest.raises(asyncpg.InternalServerError, match="locked 2 due holds, updated 1"):
+                async with conn.transaction():
+                    await conn.execute("SELECT set_config('test.skip_update', $1, true)",
+                                       skipped)
+                    await conn.fetchrow("SELECT * FROM hf_expire_holds($1, $2)",
+                                        start + dt.timedelta(days=8), [kept, skipped])
+    finally:
+        await world.db.execute("DROP TRIGGER test_skip_one_update ON authorizations;"
+                               " DROP FUNCTION test_skip_one_update()")
+    assert [await world.state(a) for a in (kept, skipped)] == ["pending", "pending"]
+    assert await world.api.balances(account) == {"posted": 10_000, "held": 600,
+                                                 "available": 9_400}
+    # without the trigger the same batch expires both
+    row = await world.db.fetchrow("SELECT * FROM hf_expire_holds($1, $2)",
+                                  start + dt.timedelta(days=8), [kept, skipped])
+    assert row is not None and tuple(row) == (2, 600)
+
+
 async def test_the_sweep_writes_back_as_it_goes_and_leaves_its_connection_as_it_was(
     database_url: str,
 ) -> None:

@@ -95,7 +95,7 @@ async def test_folding_the_hold_into_its_authorisation_keeps_every_hold(
     applied = await migrate(scratch)
 
     # (holdfast verify checks today's schema, 0012's expiry mark included: it runs after)
-    assert [m.version for m in applied] == ["0011", "0012"]
+    assert [m.version for m in applied] == ["0011", "0012", "0013"]
     assert await _snapshot(scratch) == before
     # the sweep's mark starts at the soonest open expiry or the clock, whichever is first
     # (here the clock: the history is dated ahead)
@@ -116,6 +116,11 @@ async def test_folding_the_hold_into_its_authorisation_keeps_every_hold(
     await scratch.fetchrow("SELECT * FROM hf_release('native:rev-2', 'open', NULL, 'GBP', $1)",
                            NOW)
     assert await scratch.fetchval("SELECT held FROM accounts WHERE id = 'acct-1'") == 750 + 500
+    # and the sweep expires a folded hold (0013's hf_expire_holds): 'raised' holds 750
+    expired = await scratch.fetchrow("SELECT * FROM hf_expire_holds($1, ARRAY['raised'])",
+                                     NOW + dt.timedelta(days=8))
+    assert expired is not None and tuple(expired) == (1, 750)
+    assert await scratch.fetchval("SELECT held FROM accounts WHERE id = 'acct-1'") == 500
     assert (await verify(scratch)).ok
 
 
