@@ -101,7 +101,7 @@ class Settings:
     sweep_interval_s: int = 60
     sweep_batch_size: int = 200
     # due holds the sweep reads at a time and cuts into batches grouped by account
-    sweep_window: int = 200_000
+    sweep_window: int = 100_000
     # the share of the time a sweep works through a backlog (clearing/sweep.py); 100 = flat out
     sweep_duty_pct: int = 50
     consumer_metrics_port: int = 9108
@@ -180,7 +180,7 @@ class Settings:
             ),
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 200, 1, 50_000),
-            sweep_window=_int(env, "HOLDFAST_SWEEP_WINDOW", 200_000, 1, 5_000_000),
+            sweep_window=_int(env, "HOLDFAST_SWEEP_WINDOW", 100_000, 1, 5_000_000),
             sweep_duty_pct=_int(env, "HOLDFAST_SWEEP_DUTY_PCT", 50, 1, 100),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             worker_metrics_port=_int(env, "HOLDFAST_WORKER_METRICS_PORT", 9110, 1, 65535),

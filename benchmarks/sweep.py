@@ -86,7 +86,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                         "the server's, 75)")
     p.add_argument("--window", type=int, default=None, metavar="N",
                    help="due holds read at a time and batched by account (HOLDFAST_SWEEP_WINDOW; "
-                        "default: the server's, 200,000; 1 = the holds due first, no grouping)")
+                        "default: the server's, 100,000; 1 = the holds due first, no grouping)")
     p.add_argument("--nice", type=int, default=0, metavar="N",
                    help="renice the sweep's PostgreSQL backend to N (1-19: lower CPU priority) "
                         "as soon as it connects (needs the privilege and the same host)")

@@ -43,7 +43,7 @@ class ConsumerConfig:
     poll_interval_s: float = 1.0
     sweep_interval_s: float = 60.0
     sweep_batch_size: int = 200
-    sweep_window: int = 200_000
+    sweep_window: int = 100_000
     sweep_duty: float = 1.0
     rollup_batch_size: int = 5000
     windows: HoldWindows = field(default_factory=HoldWindows)

@@ -92,7 +92,7 @@ class _Pace:
 async def sweep(db: Executor, now: dt.datetime, batch_size: int = 200,
                 max_batches: int | None = None, pause_s: float = 0.0,
                 metrics: ConsumerMetrics | None = None, duty: float = 1.0,
-                window: int = 200_000) -> SweepResult:
+                window: int = 100_000) -> SweepResult:
     """Expire everything due at ``now`` (or ``max_batches`` batches of it).
 
     ``window`` due holds (at least a batch) are read at a time and expired in batches of
