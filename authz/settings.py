@@ -103,7 +103,7 @@ class Settings:
     # due holds the sweep reads at a time and cuts into batches grouped by account
     sweep_window: int = 100_000
     # the share of the time a sweep works through a backlog (clearing/sweep.py); 100 = flat out
-    sweep_duty_pct: int = 50
+    sweep_duty_pct: int = 45
     consumer_metrics_port: int = 9108
     # `serve --workers N`: worker i also serves its own /metrics on this port + i, because a
     # scrape of the shared SO_REUSEPORT port lands on whichever worker the kernel picks
@@ -181,7 +181,7 @@ class Settings:
             sweep_interval_s=_int(env, "HOLDFAST_SWEEP_INTERVAL_S", 60, 1, 86400),
             sweep_batch_size=_int(env, "HOLDFAST_SWEEP_BATCH_SIZE", 200, 1, 50_000),
             sweep_window=_int(env, "HOLDFAST_SWEEP_WINDOW", 100_000, 1, 5_000_000),
-            sweep_duty_pct=_int(env, "HOLDFAST_SWEEP_DUTY_PCT", 50, 1, 100),
+            sweep_duty_pct=_int(env, "HOLDFAST_SWEEP_DUTY_PCT", 45, 1, 100),
             consumer_metrics_port=_int(env, "HOLDFAST_CONSUMER_METRICS_PORT", 9108, 1, 65535),
             worker_metrics_port=_int(env, "HOLDFAST_WORKER_METRICS_PORT", 9110, 1, 65535),
             stats_interval_s=_int(env, "HOLDFAST_STATS_INTERVAL_S", 15, 1, 3600),

@@ -83,7 +83,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="pause between batches (--sweeper function only)")
     p.add_argument("--duty", type=int, default=None, metavar="PCT",
                    help="share of the time the sweep works (HOLDFAST_SWEEP_DUTY_PCT; default: "
-                        "the server's, 75)")
+                        "the server's, 45)")
     p.add_argument("--window", type=int, default=None, metavar="N",
                    help="due holds read at a time and batched by account (HOLDFAST_SWEEP_WINDOW; "
                         "default: the server's, 100,000; 1 = the holds due first, no grouping)")
