@@ -1,10 +1,12 @@
 """Figures an SRE watches, read from PostgreSQL: inbox depth and age, quarantined events and how
 far the expiry sweep lags (one round trip, every lookup on an index range, cheap at any size:
 the sweep's lag reads from its low-water mark); and open holds by currency, which means
-counting every open hold, so it is read less often."""
+counting every open hold, so it is read less often and a page at a time."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from dataclasses import dataclass
 
 from holds.db import Executor
@@ -22,14 +24,22 @@ SELECT
       AND expires_at >= (SELECT swept_to FROM hold_expiry_mark)) AS oldest_due_s
 """
 
-# a scan of every hold from the sweep's mark on (every open one, and the closed ones of about
-# one hold window); ~0.2 s of PostgreSQL CPU per million open holds was measured on the partial
-# index of open holds this replaced (migration 0012), not since
-_OPEN_HOLDS = """
-SELECT currency, count(*) AS n, sum(remaining)::bigint AS total FROM holds
- WHERE state = 'open' AND expires_at >= (SELECT swept_to FROM hold_expiry_mark)
- GROUP BY currency
+# one page of the holds from the sweep's mark on (every open one, and the closed ones of about
+# one hold window), after ($1, $2) in (expiry, id) order: its open holds by currency, and the
+# page's last (expiry, id) on every row; no row when the page is empty or holds no open hold
+_OPEN_HOLDS_PAGE = """
+WITH page AS MATERIALIZED (
+    SELECT h.id, h.currency, h.remaining, h.expires_at, h.state FROM holds h
+     WHERE h.expires_at >= $1 AND (h.expires_at, h.id) > ($1, $2)
+     ORDER BY h.expires_at, h.id LIMIT $3)
+SELECT g.currency, g.n, g.total, l.expires_at, l.id, l.rows
+  FROM (SELECT p.expires_at, p.id, (SELECT count(*) FROM page) AS rows FROM page p
+         ORDER BY p.expires_at DESC, p.id DESC LIMIT 1) l
+  LEFT JOIN (SELECT p.currency, count(*) AS n, sum(p.remaining)::bigint AS total FROM page p
+              WHERE p.state = 'open' GROUP BY p.currency) g ON true
 """
+_MARK = "SELECT swept_to FROM hold_expiry_mark"
+_PAGE_ROWS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,34 @@ async def read_stats(db: Executor) -> LedgerStats:
                        int(row["quarantined"]), float(row["oldest_due_s"]))
 
 
-async def read_open_holds(db: Executor) -> dict[str, tuple[int, int]]:
-    """currency -> (open holds, amount they hold in minor units)."""
-    rows = await db.fetch(_OPEN_HOLDS)
-    return {r["currency"]: (int(r["n"]), int(r["total"])) for r in rows}
+async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float = 0.5
+                          ) -> dict[str, tuple[int, int]]:
+    """currency -> (open holds, amount they hold in minor units).
+
+    Counting means reading every open hold: ~1.1 million took PostgreSQL ~0.5 s at a stretch and
+    pushed much of the hot path's working set out of the buffer cache, and the hot path's p99
+    rose several-fold while it ran (benchmarks/README.md, "Session 6"). So the holds are read
+    in pages of ``page_rows`` (in expiry order, from the sweep's mark), each its own short
+    statement, resting after each in proportion to its time (``duty``, as the sweep does). Each
+    page sees the ledger as of its own statement, so a hold that changes while the count runs
+    is counted as it was or as it is, and one whose expiry an incremental authorisation extends
+    past the pages not yet read may be counted twice: the figures are a gauge's, not a
+    balance's (the ledger's own totals are the accounts' ``held`` amounts, which ``holdfast
+    verify`` proves against the holds)."""
+    if not 0 < duty <= 1:
+        raise ValueError("duty must be in (0, 1]")
+    rest_factor = (1 - duty) / duty
+    start = await db.fetchval(_MARK)
+    after_expiry, after_id = start, ""
+    totals: dict[str, tuple[int, int]] = {}
+    while True:
+        t0 = time.perf_counter()
+        rows = await db.fetch(_OPEN_HOLDS_PAGE, after_expiry, after_id, page_rows)
+        for r in rows:
+            if r["currency"] is not None:
+                n, total = totals.get(r["currency"], (0, 0))
+                totals[r["currency"]] = (n + int(r["n"]), total + int(r["total"]))
+        if not rows or rows[0]["rows"] < page_rows:
+            return totals
+        after_expiry, after_id = rows[0]["expires_at"], rows[0]["id"]
+        await asyncio.sleep((time.perf_counter() - t0) * rest_factor)

@@ -103,9 +103,9 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 200,
     each batch.
 
     The sweep reads from the low-water mark (``hold_expiry_mark``: no hold below it is open)
-    up to ``now``, once; a pass that reaches ``now`` raises the mark (see ``_end_pass``). A hold
-    another writer holds meanwhile is left to it, and the mark stays at or below its expiry, so
-    the next sweep reads it again."""
+    up to ``now``, once, and raises the mark after each window it finishes and at the end (see
+    ``_raise_mark``). A hold another writer holds meanwhile is left to it, and the mark stays
+    at or below its expiry, so the next sweep reads it again."""
     pace = _Pace(duty, pause_s)
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -123,8 +123,10 @@ async def sweep(db: Executor, now: dt.datetime, batch_size: int = 200,
             if not full:
                 complete = finished
                 break
+            if finished:  # every hold due up to the cursor is expired now, or left open
+                await _raise_mark(conn, cursor.expires_at, began, tally.left_open)
         if complete:
-            await _end_pass(conn, now, began, tally.left_open)
+            await _raise_mark(conn, now, began, tally.left_open)
     if metrics is not None:
         metrics.sweep_last_run.set_to_current_time()
     return SweepResult(tally.batches, tally.holds, tally.amount, time.perf_counter() - started)
@@ -158,13 +160,15 @@ async def _begin_pass(conn: Conn) -> tuple[dt.datetime, dt.datetime]:
     return mark, began
 
 
-async def _end_pass(conn: Conn, now: dt.datetime, began: dt.datetime,
-                    left_open: dt.datetime | None) -> None:
-    """After a pass that read every hold due at ``now``: raise the mark to what the pass proved
-    closed. Not past ``now`` (holds due later were not read), nor past the clock when the pass
-    began (a soon-due hold placed since expires after it, migration 0012), nor past a due hold
-    left open (another writer had it). The mark never moves back."""
-    mark = min(now, began) if left_open is None else min(now, began, left_open)
+async def _raise_mark(conn: Conn, upto: dt.datetime, began: dt.datetime,
+                      left_open: dt.datetime | None) -> None:
+    """Raise the mark to what the pass has proved closed: every hold due up to ``upto`` it has
+    read (``now`` once the pass is complete; the cursor after each window it finished, so the
+    sweep's lag and the open-holds count start near its work rather than where it began). Not
+    past the clock when the pass began (a soon-due hold placed since expires after it,
+    migration 0012), nor past a due hold left open (another writer had it). The mark never
+    moves back."""
+    mark = min(upto, began) if left_open is None else min(upto, began, left_open)
     await conn.execute(_RAISE_MARK, mark)
 
 

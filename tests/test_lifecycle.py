@@ -445,6 +445,35 @@ async def test_the_mark_stays_below_a_due_hold_another_writer_has_and_rises_once
     assert await _mark(world.db) > await _expiry(world.db, held)
 
 
+async def test_the_mark_rises_after_each_window_the_sweep_finishes(
+    world: World, clock: FakeClock,
+) -> None:
+    """Four holds fall due in turn; read two at a time and cut short in the second window, the
+    pass leaves the mark at the first window's last hold (everything before it is expired), not
+    where it began and not past the hold it did not reach. The next sweep finishes the job."""
+    _, card = await funded_card(world)
+    await sweep(world.db, dt.datetime.now(dt.UTC))  # what other tests left due
+    holds = []
+    for minute in range(4):
+        clock.set(dt.datetime(2020, 5, 1, 12, minute, tzinfo=dt.UTC).timestamp())
+        holds.append(await world.authorize(card, 100 + minute))
+    expiries = [await _expiry(world.db, h) for h in holds]
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    before = await _mark(world.db)
+    assert before <= expiries[0]
+
+    cut = await sweep(world.db, soon, batch_size=1, window=2, max_batches=3)
+
+    assert cut.batches == 3
+    assert [await world.state(h) for h in holds] == ["expired"] * 3 + ["pending"]
+    assert await _mark(world.db) == expiries[1]
+    async with world.db.acquire() as conn:
+        assert (await verify(conn)).ok
+    await sweep(world.db, soon)
+    assert await world.state(holds[3]) == "expired"
+    assert await _mark(world.db) > expiries[3]
+
+
 async def test_a_pass_begins_after_the_writers_placing_soon_due_holds(
     world: World, database_url: str,
 ) -> None:

@@ -24,6 +24,14 @@
 -- PostgreSQL prune the row versions earlier batches left dead on it, which keeps the update
 -- heap-only. Addresses carried from the sweep's read of the window (skipping the index) made
 -- only 14 % of the updates heap-only and cost more than they saved (22 against 17 us per hold).
+--
+-- (No schema change, but it concerns 0012's argument: since this change the sweep also raises
+-- the mark after each window it finishes, not only after a complete pass, to the expiry of the
+-- last due hold the window read, capped as at the end of a pass (clearing/sweep.py,
+-- _raise_mark). Every hold due before that point that was committed when the pass began has
+-- been read, each page being a statement of its own after the pass began, and expired or left
+-- open; a hold placed or moved since expires no earlier than its writer's clock, after the pass
+-- began; an expiry only moves later otherwise (an incremental takes the greater of the two).)
 
 CREATE OR REPLACE FUNCTION hf_expire_holds(p_now timestamptz, p_ids text[])
 RETURNS TABLE (holds_expired integer, amount_released bigint) LANGUAGE plpgsql AS $$
