@@ -62,11 +62,12 @@ async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float
                           ) -> dict[str, tuple[int, int]]:
     """currency -> (open holds, amount they hold in minor units).
 
-    Counting means reading every open hold: ~1.1 million took PostgreSQL ~0.5 s at a stretch and
-    pushed much of the hot path's working set out of the buffer cache, and the hot path's p99
-    rose several-fold while it ran (benchmarks/README.md, "Session 6"). So the holds are read
-    in pages of ``page_rows`` (in expiry order, from the sweep's mark), each its own short
-    statement, resting after each in proportion to its time (``duty``, as the sweep does). Each
+    Counting means reading every open hold. A read of that kind at a stretch is what made the
+    sweep's lag gauge (``read_stats``) lift the hot path's p99 to 22-120 ms for a few seconds
+    while a sweep ran: it walked every hold the pass had already expired (benchmarks/README.md,
+    "Session 6"; not measured for this count on its own). So the holds are read in pages of
+    ``page_rows`` (in expiry order, from the sweep's mark), each its own short statement,
+    resting after each in proportion to its time (``duty``, as the sweep does). Each
     page sees the ledger as of its own statement, so a hold that changes while the count runs
     is counted as it was or as it is, and one whose expiry an incremental authorisation extends
     past the pages not yet read may be counted twice: the figures are a gauge's, not a
