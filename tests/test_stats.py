@@ -32,8 +32,9 @@ async def test_open_holds_read_a_page_at_a_time_add_up_to_one_count(
         card = await api.card(acct)
         ids = [(await api.authorize(card, amount, currency)).body["id"]
                for amount in (100, 250, 400)]
-        assert await db.fetchval("SELECT hf_release($1, $2, NULL, $3, now()) IS NOT NULL",
-                                 f"native:test-rev-{ids[1]}", ids[1], currency)
+        await db.fetchrow("SELECT * FROM hf_release($1, $2, NULL, $3, now())",
+                          f"native:test-rev-{ids[1]}", ids[1], currency)
+        assert await db.fetchval("SELECT state FROM holds WHERE id = $1", ids[1]) != "open"
     whole = {r["currency"]: (int(r["n"]), int(r["total"])) for r in await db.fetch(
         "SELECT currency, count(*) AS n, sum(remaining)::bigint AS total FROM holds"
         " WHERE state = 'open' AND expires_at >= (SELECT swept_to FROM hold_expiry_mark)"
