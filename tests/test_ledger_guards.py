@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
 
+import holds
 from holds import ledger
 from holds.migrate import migrate
 from holds.verify import CHECKS, verify
@@ -109,6 +112,94 @@ async def test_hold_parts_must_add_up(scratch: tuple[str, asyncpg.Connection]) -
     _, conn = scratch
     with pytest.raises(asyncpg.CheckViolationError):
         await conn.execute("UPDATE holds SET remaining = remaining - 1")
+
+
+# Each rule the hot tables' row checks enforce (migration 0014), a write that breaks it, and
+# the constraint names the refusal may carry (a write that breaks more than one rule carries
+# the first the check function meets).
+_ROW_RULES = [
+    ("UPDATE accounts SET id = 'no spaces allowed' WHERE id = 'acct-1'",
+     {"accounts_id_check"}),
+    ("UPDATE accounts SET kind = 'treasury'", {"accounts_kind_check"}),
+    ("UPDATE accounts SET currency = 'gbp'", {"accounts_currency_check"}),
+    ("UPDATE accounts SET held = -1", {"accounts_held_check"}),
+    ("UPDATE accounts SET overdraft_limit = -1", {"accounts_overdraft_limit_check"}),
+    ("UPDATE authorizations SET state = 'approved'", {"authorizations_state_check"}),
+    ("UPDATE authorizations SET requested_amount = -1",
+     {"authorizations_requested_amount_check"}),
+    ("UPDATE authorizations SET approved_amount = -1",
+     {"authorizations_approved_amount_check"}),
+    ("UPDATE authorizations SET hold_state = 'pending'", {"authorizations_hold_state_check"}),
+    ("UPDATE authorizations SET hold_authorized = -1, hold_remaining = -1",
+     {"authorizations_hold_authorized_check", "authorizations_hold_remaining_check"}),
+    ("UPDATE authorizations SET hold_posted = -1, hold_over_posted = -1",
+     {"authorizations_hold_posted_check", "authorizations_hold_parts"}),
+    ("UPDATE authorizations SET hold_released = -1, hold_remaining = hold_remaining + 1",
+     {"authorizations_hold_released_check"}),
+    ("UPDATE authorizations SET hold_remaining = -1, hold_released = hold_released + 2501",
+     {"authorizations_hold_remaining_check"}),
+    ("UPDATE authorizations SET hold_forced = NULL", {"authorizations_hold_whole"}),
+    ("UPDATE authorizations SET hold_remaining = hold_remaining - 1",
+     {"authorizations_hold_parts"}),
+    ("UPDATE authorization_requests SET sequence = -1",
+     {"authorization_requests_sequence_check"}),
+    ("UPDATE authorization_requests SET kind = 'refund'", {"authorization_requests_kind_check"}),
+    ("UPDATE authorization_requests SET amount = 0",
+     {"authorization_requests_amount_check", "authorization_requests_check"}),
+    ("UPDATE authorization_requests SET decision = 'maybe'",
+     {"authorization_requests_decision_check", "authorization_requests_check1"}),
+    ("UPDATE authorization_requests SET approved_amount = amount + 1",
+     {"authorization_requests_check"}),
+    ("UPDATE authorization_requests SET decision = 'decline'",
+     {"authorization_requests_check1"}),
+]
+
+
+@pytest.mark.parametrize(("statement", "names"), _ROW_RULES)
+async def test_each_row_rule_refuses_under_its_own_name(
+    scratch: tuple[str, asyncpg.Connection], statement: str, names: set[str],
+) -> None:
+    _, conn = scratch
+    before = await conn.fetchval("SELECT count(*) FROM authorizations WHERE hold_state = 'open'")
+    with pytest.raises(asyncpg.CheckViolationError) as refused:
+        await conn.execute(statement)
+    table = statement.split()[1]
+    assert refused.value.constraint_name in names
+    assert refused.value.table_name == table
+    assert str(refused.value) == (f'new row for relation "{table}" violates check constraint'
+                                  f' "{refused.value.constraint_name}"')
+    assert await conn.fetchval(
+        "SELECT count(*) FROM authorizations WHERE hold_state = 'open'") == before == 1
+    assert await _checks_failing(conn) == set()
+
+
+def test_every_former_constraint_has_a_rule() -> None:
+    """Each CHECK constraint migration 0014 folded into a function is broken by a case above."""
+    sql = (Path(holds.__file__).parent / "migrations" / "0014_row_checks.sql").read_text()
+    dropped = set(re.findall(r"DROP CONSTRAINT (\w+)", sql))
+    assert len(dropped) == 21
+    assert set().union(*(names for _, names in _ROW_RULES)) == dropped
+    raised = set(re.findall(r"hf_refuse_row\('\w+', '(\w+)'\)", sql))
+    assert raised == dropped
+
+
+async def test_the_hot_tables_check_rows_only_through_their_functions(
+    scratch: tuple[str, asyncpg.Connection],
+) -> None:
+    """An inline CHECK on a table the hot path writes is parsed afresh by every statement that
+    writes it (0014): such a rule goes into the table's check function instead."""
+    _, conn = scratch
+    rows = await conn.fetch(
+        "SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def"
+        " FROM pg_constraint WHERE contype = 'c' AND conrelid::regclass::text IN"
+        " ('accounts', 'authorizations', 'authorization_requests') ORDER BY 1")
+    assert {(r["tbl"], r["conname"]) for r in rows} == {
+        ("accounts", "accounts_row_ok"),
+        ("authorizations", "authorizations_row_ok"),
+        ("authorization_requests", "authorization_requests_row_ok"),
+    }
+    for r in rows:
+        assert r["def"].startswith("CHECK (hf_"), r["def"]
 
 
 @pytest.mark.parametrize(("statement", "error"), [
