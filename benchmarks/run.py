@@ -68,9 +68,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cards", type=int, default=10_000, help="cardholders seeded (default 10000)")
     p.add_argument("--warmup", type=float, default=3.0, help="closed-loop warm-up per server, s")
-    p.add_argument("--concurrency", type=_levels, default=(32, 128),
+    p.add_argument("--concurrency", type=_levels, default=(32, 128, 256),
                    help="closed-loop connections for saturation, comma-separated (default "
-                        "32,128): each level is measured; a server's saturation is its best")
+                        "32,128,256): each level is measured; a server's saturation is its best")
     p.add_argument("--sat-seconds", type=float, default=6.0, help="each saturation run, s")
     p.add_argument("--sat-rounds", type=int, default=3, help="saturation runs per server")
     p.add_argument("--rate", type=float, default=1_000.0, help="open-loop rate, req/s")
