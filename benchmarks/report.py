@@ -30,6 +30,9 @@ class Measured:
 class Targets:
     saturation_rps: float = 2_500.0
     saturation_ratio: float = 0.8
+    # False when the raw stack writes the ledger's rows (--raw-writes ledger): the issues' ratio
+    # targets are against the one-insert raw stack, so the ratio is then information only
+    ratio_is_target: bool = True
     open_rate: float = 1_000.0
     open_p99_ms: float = 10.0
 
@@ -112,7 +115,8 @@ def _headline(measured: Sequence[Measured], phases: Sequence[str], targets: Targ
                      _median_rate(_runs(measured, p, RAW))) for p in levels}
     sat_h = max((h for h, _ in per_level.values()), default=math.nan)
     sat_r = max((r for _, r in per_level.values()), default=math.nan)
-    sat_ok = sat_h >= targets.saturation_rps and sat_h >= targets.saturation_ratio * sat_r
+    sat_ok = sat_h >= targets.saturation_rps and (
+        not targets.ratio_is_target or sat_h >= targets.saturation_ratio * sat_r)
     # a run answered with errors, or one that ran out of requests, measured something else
     spoiled = any(r.errors or r.exhausted or any(k != "200" for k in r.statuses)
                   for p in levels for r in _runs(measured, p, HOLDFAST) + _runs(measured, p, RAW))
@@ -122,7 +126,10 @@ def _headline(measured: Sequence[Measured], phases: Sequence[str], targets: Targ
         f"{', '.join(p.split('@')[1] for p in levels)} connections, median of {n_rounds} "
         "rounds each)",
         _num(sat_h), _num(sat_r), _ratio(sat_h, sat_r),
-        f">= {targets.saturation_rps:,.0f}/s and >= {targets.saturation_ratio} x raw",
+        f">= {targets.saturation_rps:,.0f}/s and >= {targets.saturation_ratio} x raw"
+        if targets.ratio_is_target else
+        f">= {targets.saturation_rps:,.0f}/s (the ratio: information; the targets' raw stack "
+        "writes one row)",
         "INVALID: errors (see Every run)" if spoiled else _verdict(sat_ok),
     ])
     for p in levels:

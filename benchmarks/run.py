@@ -92,6 +92,9 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                    help="extra HOLDFAST_* setting for both servers, e.g. HOLDFAST_PG_POOL_SIZE=4"
                         " (repeatable)")
+    p.add_argument("--raw-writes", choices=("insert", "ledger"), default="insert",
+                   help="what the raw stack writes: one small row (default), or an approval's "
+                        "rows in Holdfast's own tables without its logic (benchmarks/raw_stack.py)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1,000 cards and short phases (figures not comparable)")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -118,6 +121,7 @@ class _Bench:
     tmp: Path
     server_env: tuple[str, ...] = ()  # NAME=VALUE for both servers (--server-env)
     pg_socket: str | None = None  # the servers' PostgreSQL connection: a Unix socket directory
+    raw_writes: str = "insert"  # --raw-writes
 
 
 def _db_url(admin_url: str, name: str) -> str:
@@ -159,7 +163,8 @@ async def _start_servers(bench: _Bench) -> dict[str, ServerProcess]:
         start_server(HOLDFAST, holdfast_argv, _server_env(bench, ports[0], bench.prefix),
                      ports[0]),
         start_server(RAW, [sys.executable, "-m", "benchmarks.raw_stack"],
-                     _server_env(bench, ports[1], f"{bench.prefix}raw:"), ports[1]),
+                     {**_server_env(bench, ports[1], f"{bench.prefix}raw:"),
+                      "HOLDFAST_RAW_WRITES": bench.raw_writes}, ports[1]),
         return_exceptions=True,
     )
     started = {s.name: s for s in (hold, raw) if isinstance(s, ServerProcess)}
@@ -288,7 +293,7 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     tmp = Path(tempfile.mkdtemp(prefix="holdfast-bench-"))
     bench = _Bench(run_id, args.pg, db_name, _db_url(args.pg, db_name), args.redis,
                    f"hfb:{run_id}:", secrets.token_hex(16), tmp, tuple(args.server_env),
-                   args.pg_socket)
+                   args.pg_socket, args.raw_writes)
     context = Context(title=f"Holdfast hot-path benchmark, {dt.date.today().isoformat()}")
     context.environment = [("code", code),
                            *await harness.environment(bench.pg_admin, bench.redis_url)]
@@ -304,6 +309,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
                     f"{args.warmup:g} s closed-loop warm-up per server first"),
         ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
+        ("raw stack writes", "one small row per request" if args.raw_writes == "insert" else
+         "an approval's rows in Holdfast's tables (authorisation with its hold, request, "
+         "account's held) in one statement, without Holdfast's logic"),
         ("PostgreSQL connection", f"Unix socket in {args.pg_socket}" if args.pg_socket
          else "TCP loopback"),
         ("command", "python -m benchmarks.run " + " ".join(sys.argv[1:])),
@@ -346,12 +354,14 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         keys = await dataset.forget_keys(bench.redis_url, bench.prefix)
         print(f"dropped {db_name}, deleted {keys:,} Redis keys", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    text = render(measured, phases, Targets(open_rate=args.rate), context)
+    targets = Targets(open_rate=args.rate, ratio_is_target=args.raw_writes == "insert")
+    text = render(measured, phases, targets, context)
     return text, ok
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return harness.run_and_report(_main, _options(argv), "")
+    args = _options(argv)
+    return harness.run_and_report(_main, args, "-raw-ledger" if args.raw_writes == "ledger" else "")
 
 
 if __name__ == "__main__":
