@@ -18,7 +18,7 @@ from authz.settings import Settings
 from policies.cache import PolicyCache
 from policies.model import AuthorizationRequest
 from policies.resp import PipelinedRedis, pack
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, RUN_ID
 from tests.support import Api
 
 
@@ -51,7 +51,9 @@ async def test_concurrent_calls_each_get_their_own_reply() -> None:
     async with _connected() as fast:
         replies = await asyncio.gather(*[fast.call("ECHO", f"r{i}") for i in range(300)])
         assert replies == [f"r{i}" for i in range(300)]
-        assert await fast.call("INCRBY", "hft:resp:never-set-int", 0) == 0
+        key = f"hft:{RUN_ID}:resp:never-set-int"
+        assert await fast.call("INCRBY", key, 0) == 0
+        assert await fast.call("DEL", key) == 1
 
 
 async def test_error_replies_are_redis_errors_and_the_connection_goes_on() -> None:
@@ -67,7 +69,7 @@ async def test_a_caller_that_gives_up_leaves_the_order_intact() -> None:
     async with _connected(stale_s=5.0) as fast:
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
-                await fast.call("BLPOP", "hft:resp:nobody-pushes", "0.3")
+                await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "0.3")
         # queued behind the abandoned BLPOP: its reply (nil) is dropped, this one gets its own
         assert await fast.call("ECHO", "after") == "after"
 
@@ -77,7 +79,7 @@ async def test_a_connection_silent_too_long_is_replaced() -> None:
         first = await fast.call("CLIENT", "ID")
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.3):
-                await fast.call("BLPOP", "hft:resp:nobody-pushes", "5")
+                await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5")
         # the oldest command waited longer than stale_s: that connection was closed, a new
         # one answers at once (not after the 5 s BLPOP)
         async with asyncio.timeout(2):
@@ -93,7 +95,7 @@ async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnect
     admin = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
     try:
         my_id = await fast.call("CLIENT", "ID")
-        blocked = asyncio.ensure_future(fast.call("BLPOP", "hft:resp:nobody-pushes", "5"))
+        blocked = asyncio.ensure_future(fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5"))
         await asyncio.sleep(0.05)
         assert isinstance(my_id, int)
         assert await admin.client_kill_filter(_id=str(my_id)) == 1
