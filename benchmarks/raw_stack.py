@@ -81,6 +81,7 @@ _TWINS: Final = ("INSERT INTO accounts (id, kind, currency, overdraft_limit)"
                  " ON CONFLICT (id) DO NOTHING")
 _CARDS: Final = ("SELECT c.id, 'raw:' || c.account_id, a.currency FROM cards c"
                  " JOIN accounts a ON a.id = c.account_id")
+_IDS: Final = itertools.count()  # the raw stack's authorisation ids: raw-<pid>-<n>
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 POOL: Final = web.AppKey("pool", asyncpg.Pool)
@@ -154,9 +155,6 @@ async def authorize_ledger(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(body=b'{"status":"ok"}', content_type="application/json")
-
-
-_IDS: Final = itertools.count()
 
 
 def make_app(settings: Settings, writes: str = "insert") -> web.Application:
