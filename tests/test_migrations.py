@@ -95,7 +95,7 @@ async def test_folding_the_hold_into_its_authorisation_keeps_every_hold(
     applied = await migrate(scratch)
 
     # (holdfast verify checks today's schema, 0012's expiry mark included: it runs after)
-    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014"]
+    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014", "0015"]
     assert await _snapshot(scratch) == before
     # the sweep's mark starts at the soonest open expiry or the clock, whichever is first
     # (here the clock: the history is dated ahead)

@@ -1,0 +1,228 @@
+"""hf_authorize_batch (migration 0015) decides a batch in memory and writes it with one statement
+per table; hf_authorize_batch_each (0007's loop of hf_authorize) is the reference. Random batches
+over accounts and cards of every kind the rules distinguish go through both against the same
+data (the reference's run rolled back); the answers and every row they write must be the same.
+Then the cases the set path hands elsewhere: an incremental in the batch, and two requests of one
+identity in one batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+import pytest
+
+from holds import ledger
+from holds.db import Conn
+from tests.support import Api, uid
+
+_CALL = (
+    "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
+    " FROM {fn}($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,$18,$19,"
+    "$20,$21,$22,$23)")
+_CAP = 5_000
+_RULE_REASONS = [None] * 8 + ["not_permitted", "amount_limit_exceeded", "count_limit_exceeded",
+                              "suspected_fraud"]
+
+
+async def _call(conn: Conn, fn: str, items: Sequence[ledger.AuthorizeItem]
+                ) -> list[tuple[Any, ...]]:
+    columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
+    rows = await conn.fetch(_CALL.format(fn=fn), *columns[:21], _CAP, columns[21])
+    return [tuple(r) for r in rows]
+
+
+async def _rows(conn: Conn, items: Sequence[ledger.AuthorizeItem],
+                accounts: Sequence[str]) -> dict[str, Any]:
+    """What a call wrote: the batch's authorisations and requests (but the requests' generated
+    ids, which a rolled-back run uses up), in the order they were written, and the accounts."""
+    ids = [i.authorization_id for i in items] + [i.parent_id for i in items if i.parent_id]
+    auths = await conn.fetch(
+        "SELECT * FROM authorizations WHERE id = ANY($1::text[]) ORDER BY id", ids)
+    requests = await conn.fetch(
+        "SELECT * FROM authorization_requests WHERE (provider, provider_id, sequence) IN"
+        " (SELECT * FROM unnest($1::text[], $2::text[], $3::integer[])) ORDER BY id",
+        [i.provider for i in items], [i.provider_id for i in items],
+        [i.sequence for i in items])
+    accts = await conn.fetch(
+        "SELECT id, posted, held, updated_at FROM accounts WHERE id = ANY($1::text[])"
+        " ORDER BY id", list(accounts))
+    return {
+        "authorizations": [dict(r) for r in auths],
+        "requests": [{k: v for k, v in dict(r).items() if k != "id"} for r in requests],
+        "accounts": [dict(r) for r in accts],
+    }
+
+
+async def _both(conn: Conn, items: Sequence[ledger.AuthorizeItem],
+                accounts: Sequence[str]) -> list[tuple[Any, ...]]:
+    """Run the batch through the reference (rolled back), then through hf_authorize_batch
+    (committed); assert the same answers and rows, and return the answers."""
+    tx = conn.transaction()
+    await tx.start()
+    expected = await _call(conn, "hf_authorize_batch_each", items)
+    expected_rows = await _rows(conn, items, accounts)
+    await tx.rollback()
+    async with conn.transaction():
+        got = await _call(conn, "hf_authorize_batch", items)
+        got_rows = await _rows(conn, items, accounts)
+    assert got == expected
+    assert got_rows == expected_rows
+    return got
+
+
+class _World:
+    """Accounts and cards of every kind hf_authorize's rules tell apart."""
+
+    def __init__(self, api: Api, conn: Conn, rng: random.Random) -> None:
+        self.api, self.conn, self.rng = api, conn, rng
+        self.accounts: list[str] = []
+        self.cards: list[tuple[str, str]] = []  # (card id, its account's currency)
+        self.recorded: list[ledger.AuthorizeItem] = []
+        self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    async def build(self) -> None:
+        for currency, funds, overdraft in [("GBP", 3_000, 0), ("GBP", 500, 1_000),
+                                           ("GBP", 0, 0), ("EUR", 10_000, 0),
+                                           ("GBP", 50_000, 0)]:
+            acct = await self.api.account(currency, funds=funds, overdraft=overdraft)
+            self.accounts.append(acct)
+            for state in ("active", "active", "frozen"):
+                card = await self.api.card(acct, state=state)
+                self.cards.append((card, currency))
+            for change in ("state = 'terminated'", "expires = '2020-01'"):
+                card = await self.api.card(acct)
+                await self.conn.execute(f"UPDATE cards SET {change} WHERE id = $1", card)
+                self.cards.append((card, currency))
+        self.cards.append((uid("card-nobody"), "GBP"))
+
+    def item(self, **over: Any) -> ledger.AuthorizeItem:
+        rng = self.rng
+        request_id = uid("set")
+        card, currency = rng.choice(self.cards) if self.cards else ("", "GBP")
+        stand_in = rng.random() < 0.15
+        expires = self.now + (dt.timedelta(hours=6) if rng.random() < 0.2
+                              else dt.timedelta(days=7))
+        fields: dict[str, Any] = dict(
+            provider=rng.choice(["native", "lithic"]), provider_id=request_id, sequence=0,
+            authorization_id=f"native:{request_id}", parent_id=None, card_id=card,
+            amount_minor=rng.choice([1, 99, 250, 700, 1_200, 4_000, 6_000]),
+            currency=currency if rng.random() < 0.9 else "USD",
+            partial_allowed=rng.random() < 0.5, rule_reason=rng.choice(_RULE_REASONS),
+            policy_version=rng.choice([None, 1, 3]),
+            counters=rng.choice([None, '{"count_1d": 2}']),
+            request_hash=f"h-{request_id}", now=self.now, hold_expires=expires,
+            merchant_id="m-7", merchant_name="Night Bus Kiosk", mcc="4111", country="GB",
+            channel=rng.choice(["pos", "ecommerce"]), stand_in=stand_in,
+            counted=rng.random() < 0.8)
+        fields.update(over)
+        return ledger.AuthorizeItem(**fields)
+
+    def batch(self, size: int) -> list[ledger.AuthorizeItem]:
+        items = []
+        for _ in range(size):
+            roll = self.rng.random()
+            if self.recorded and roll < 0.1:  # a retry of a recorded request
+                items.append(self.rng.choice(self.recorded))
+            elif self.recorded and roll < 0.15:  # its identity again with another body
+                prior = self.rng.choice(self.recorded)
+                items.append(prior._replace(request_hash=prior.request_hash + "-changed"))
+            elif self.recorded and roll < 0.2:  # a new request taking a recorded id
+                prior = self.rng.choice(self.recorded)
+                items.append(self.item(authorization_id=prior.authorization_id))
+            else:
+                items.append(self.item())
+        # one identity once per batch (see test_two_requests_of_one_identity_in_a_batch...)
+        seen: set[tuple[str, str, int]] = set()
+        unique: list[ledger.AuthorizeItem] = []
+        for i in items:
+            key = (i.provider, i.provider_id, i.sequence)
+            if key not in seen and i.authorization_id not in {u.authorization_id for u in unique}:
+                seen.add(key)
+                unique.append(i)
+        return unique
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_random_batches_decide_and_write_as_the_loop_does(
+        api: Api, db: asyncpg.Pool, seed: int) -> None:
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(seed))
+        await world.build()
+        reasons: set[str] = set()
+        statuses: set[str] = set()
+        for size in [1, 2, 3, 5, 8, 13, 21, 34] * 3:
+            items = world.batch(size)
+            answers = await _both(conn, items, world.accounts)
+            reasons.update(a[5] for a in answers)
+            statuses.update(a[1] for a in answers)
+            world.recorded += [i for i, a in zip(items, answers, strict=True) if a[1] == "new"]
+    # the batches reached every rule and every kind of answer
+    assert statuses == {"new", "replay", "conflict"}
+    assert {"approved", "partial_approval", "insufficient_funds", "invalid_card",
+            "card_restricted", "card_expired", "do_not_honor", "amount_limit_exceeded",
+            "duplicate", "not_permitted"} <= reasons
+
+
+async def test_many_requests_on_one_account_see_each_others_holds(
+        api: Api, db: asyncpg.Pool) -> None:
+    """Forty requests on one account of 3,000 (overdraft 1,000) in one batch, partials among
+    them: each sees the holds of those before it, as one by one."""
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(7))
+        acct = await api.account("GBP", funds=3_000, overdraft=1_000)
+        card = await api.card(acct)
+        items = [world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                            amount_minor=world.rng.choice([150, 400, 900]))
+                 for _ in range(40)]
+        answers = await _both(conn, items, [acct])
+        approved = sum(a[4] for a in answers)
+        assert approved == 4_000  # 3,000 + 1,000 overdraft, down to the last minor unit
+        held = await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct)
+        assert held == 4_000
+
+
+async def test_a_batch_with_an_incremental_goes_through_the_loop(
+        api: Api, db: asyncpg.Pool) -> None:
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(11))
+        acct = await api.account("GBP", funds=5_000)
+        card = await api.card(acct)
+        first = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                           amount_minor=1_000)
+        await _both(conn, [first], [acct])
+        incremental = world.item(
+            card_id=card, currency="GBP", rule_reason=None, stand_in=False, amount_minor=500,
+            provider=first.provider, provider_id=first.provider_id, sequence=1,
+            parent_id=first.authorization_id, authorization_id=first.authorization_id)
+        others = [world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                             amount_minor=800) for _ in range(3)]
+        answers = await _both(conn, [others[0], incremental, *others[1:]], [acct])
+        assert [a[5] for a in answers] == ["approved"] * 4
+        row = await conn.fetchrow(
+            "SELECT authorized, remaining FROM holds WHERE id = $1", first.authorization_id)
+        assert row is not None and tuple(row) == (1_500, 1_500)
+        assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 3_900
+
+
+async def test_two_requests_of_one_identity_in_a_batch_fail_it_and_write_nothing(
+        api: Api, db: asyncpg.Pool) -> None:
+    """The set path cannot see a request that is not yet written: the batch fails whole (the
+    batcher then decides its requests one at a time, tests/test_batcher.py)."""
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(13))
+        acct = await api.account("GBP", funds=5_000)
+        card = await api.card(acct)
+        one = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False)
+        other = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False)
+        same_id = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                             authorization_id=other.authorization_id)
+        for batch in ([one, other, one], [one, other, same_id]):
+            with pytest.raises(asyncpg.UniqueViolationError):
+                await _call(conn, "hf_authorize_batch", batch)
+            assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 0
+            assert await conn.fetchval(
+                "SELECT count(*) FROM authorizations WHERE card_id = $1", card) == 0
