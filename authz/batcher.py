@@ -81,11 +81,30 @@ class LedgerBatcher:
         """One slot: send what is queued, until nothing is."""
         try:
             while self._queue:
-                batch = [self._queue.popleft()
-                         for _ in range(min(self._max_batch, len(self._queue)))]
-                await self._send(batch)
+                await self._send(self._take())
         finally:
             self._inflight -= 1
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: up to ``max_batch`` queued requests in arrival order, but never two of
+        one identity or one authorisation id (a retry of a request queued behind it): the ledger
+        can only answer the second once the first is written, so it waits for the next batch,
+        keeping its place at the head of the queue."""
+        batch: list[_Pending] = []
+        later: list[_Pending] = []
+        keys: set[tuple[str, str, int] | str] = set()
+        while self._queue and len(batch) < self._max_batch:
+            pending = self._queue.popleft()
+            item = pending.item
+            identity = (item.provider, item.provider_id, item.sequence)
+            if identity in keys or item.authorization_id in keys:
+                later.append(pending)
+                continue
+            keys.add(identity)
+            keys.add(item.authorization_id)
+            batch.append(pending)
+        self._queue.extendleft(reversed(later))
+        return batch
 
     async def _send(self, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()

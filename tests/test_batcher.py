@@ -70,15 +70,21 @@ async def test_requests_queued_together_are_one_transaction_decided_in_arrival_o
     await b.close()
 
 
-async def test_a_retry_in_the_same_batch_gets_the_same_answer_and_one_hold(
+async def test_a_retry_queued_with_its_first_attempt_gets_the_same_answer_and_one_hold(
         api: Api, db: asyncpg.Pool) -> None:
     acct = await api.account("GBP", funds=5_000)
     card = await api.card(acct)
     first = item(card, 700)
     other = item(card, 300)
-    b = batcher(db, Metrics(), inflight=1)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=1)
 
     results = await submit_all(b, [first, first, other])
+
+    # the retry waits for the next batch, where it finds the first one's row
+    assert sample(metrics, "holdfast_pg_batch_size_count") == 2
+    assert sample(metrics, "holdfast_pg_batch_size_sum") == 3
+    assert sample(metrics, "holdfast_pg_batch_retries_total") == 0
 
     assert all(isinstance(r, ledger.AuthorizeResult) for r in results)
     a, retry, b2 = (r for r in results if isinstance(r, ledger.AuthorizeResult))
