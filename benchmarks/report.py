@@ -181,12 +181,13 @@ def _rounds(measured: Sequence[Measured]) -> list[str]:
             _num(lat.p99, 2), _num(lat.p999, 2), _num(svc.p99, 2),
             "-" if lag is None else _num(lag.p99, 2), str(r.max_backlog),
             _num(m.pg.get("wal_bytes_per_commit", math.nan) / 1024, 1),
+            _num(m.pg["ledger_batch_mean"], 1) if "ledger_batch_mean" in m.pg else "-",
             _num(m.pg.get("other_commits_per_s", math.nan)), "; ".join(flags) or "-",
         ])
     return _table(["phase", "server", "round", "req/s", "p50 ms", "p99 ms", "p99.9 ms",
                    "service p99 ms", "send lag p99 ms", "max queue", "WAL KiB/commit",
-                   "other DBs' commits/s", "problems"],
-                  rows, "lllrrrrrrrrrl")
+                   "authorisations per ledger call", "other DBs' commits/s", "problems"],
+                  rows, "lllrrrrrrrrrrl")
 
 
 def _cpu(measured: Sequence[Measured], phases: Sequence[str]) -> list[str]:
