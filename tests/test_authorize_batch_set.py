@@ -1,9 +1,10 @@
-"""hf_authorize_batch (migration 0015) decides a batch in memory and writes it with one statement
-per table; hf_authorize_batch_each (0007's loop of hf_authorize) is the reference. Random batches
-over accounts and cards of every kind the rules distinguish go through both against the same
-data (the reference's run rolled back); the answers and every row they write must be the same.
-Then the cases the set path hands elsewhere: an incremental in the batch, and two requests of one
-identity in one batch."""
+"""hf_authorize_batch (migration 0015) decides a batch's new requests in memory and writes them
+with one statement per table, then its incrementals one by one; hf_authorize_batch_each (0007's
+loop of hf_authorize, in arrival order) is the reference. Random batches over accounts and cards
+of every kind the rules distinguish, incrementals among them, go through both against the same
+data (the reference's run rolled back, its batch in the order the set path decides: new requests
+first); the answers and every row they write must be the same. Then: the order an incremental is
+decided in, and two requests of one identity in one batch."""
 
 from __future__ import annotations
 
@@ -60,14 +61,17 @@ async def _rows(conn: Conn, items: Sequence[ledger.AuthorizeItem],
 async def _both(conn: Conn, items: Sequence[ledger.AuthorizeItem],
                 accounts: Sequence[str]) -> list[tuple[Any, ...]]:
     """Run the batch through the reference (rolled back), then through hf_authorize_batch
-    (committed); assert the same answers and rows, and return the answers."""
+    (committed); assert the same answers and rows, and return the answers (in batch order)."""
+    order = sorted(range(len(items)), key=lambda i: (items[i].parent_id is not None, i))
     tx = conn.transaction()
     await tx.start()
-    expected = await _call(conn, "hf_authorize_batch_each", items)
+    reordered = await _call(conn, "hf_authorize_batch_each", [items[i] for i in order])
     expected_rows = await _rows(conn, items, accounts)
     await tx.rollback()
+    # the reference's answers under the batch's own positions
+    expected = sorted((order[row[0] - 1] + 1, *row[1:]) for row in reordered)
     async with conn.transaction():
-        got = await _call(conn, "hf_authorize_batch", items)
+        got = sorted(await _call(conn, "hf_authorize_batch", items))
         got_rows = await _rows(conn, items, accounts)
     assert got == expected
     assert got_rows == expected_rows
@@ -82,6 +86,8 @@ class _World:
         self.accounts: list[str] = []
         self.cards: list[tuple[str, str]] = []  # (card id, its account's currency)
         self.recorded: list[ledger.AuthorizeItem] = []
+        self.held: list[ledger.AuthorizeItem] = []  # recorded approvals: holds to raise
+        self.sequences: dict[str, int] = {}  # the last sequence used on each authorisation
         self.now = dt.datetime.now(dt.UTC).replace(microsecond=0)
 
     async def build(self) -> None:
@@ -121,16 +127,39 @@ class _World:
         fields.update(over)
         return ledger.AuthorizeItem(**fields)
 
+    def incremental(self, parent: ledger.AuthorizeItem) -> ledger.AuthorizeItem:
+        """A raise of ``parent``'s hold: Lithic's way (its id, the next sequence) or the
+        native API's (a request of its own naming the parent); sometimes on another card."""
+        card = parent.card_id if self.rng.random() < 0.85 else self.rng.choice(self.cards)[0]
+        common = dict(card_id=card, currency=parent.currency, parent_id=parent.authorization_id,
+                      amount_minor=self.rng.choice([50, 300, 900, 2_500]))
+        if self.rng.random() < 0.5:
+            self.sequences[parent.authorization_id] = seq = (
+                self.sequences.get(parent.authorization_id, 0) + 1)
+            return self.item(provider=parent.provider, provider_id=parent.provider_id,
+                             sequence=seq, authorization_id=parent.authorization_id, **common)
+        return self.item(provider=parent.provider, **common)
+
     def batch(self, size: int) -> list[ledger.AuthorizeItem]:
         items = []
         for _ in range(size):
             roll = self.rng.random()
-            if self.recorded and roll < 0.1:  # a retry of a recorded request
-                items.append(self.rng.choice(self.recorded))
-            elif self.recorded and roll < 0.15:  # its identity again with another body
+            if self.held and roll < 0.08:  # an incremental
+                items.append(self.incremental(self.rng.choice(self.held)))
+            elif roll < 0.1:  # an incremental naming no authorisation
+                items.append(self.item(parent_id=uid("native:nobody")))
+            elif self.recorded and roll < 0.15:
+                # a retry of a recorded request, maybe with Redis down where it was up (or the
+                # reverse): the answer is the recorded one
+                prior = self.rng.choice(self.recorded)
+                if self.rng.random() < 0.5:
+                    prior = prior._replace(stand_in=not prior.stand_in,
+                                           counted=not prior.counted)
+                items.append(prior)
+            elif self.recorded and roll < 0.2:  # its identity again with another body
                 prior = self.rng.choice(self.recorded)
                 items.append(prior._replace(request_hash=prior.request_hash + "-changed"))
-            elif self.recorded and roll < 0.2:  # a new request taking a recorded id
+            elif self.recorded and roll < 0.25:  # a new request taking a recorded id
                 prior = self.rng.choice(self.recorded)
                 items.append(self.item(authorization_id=prior.authorization_id))
             else:
@@ -154,14 +183,19 @@ async def test_random_batches_decide_and_write_as_the_loop_does(
         await world.build()
         reasons: set[str] = set()
         statuses: set[str] = set()
+        raised: set[str] = set()  # the incrementals' answers
         for size in [1, 2, 3, 5, 8, 13, 21, 34] * 3:
             items = world.batch(size)
             answers = await _both(conn, items, world.accounts)
             reasons.update(a[5] for a in answers)
             statuses.update(a[1] for a in answers)
+            raised.update(a[5] for i, a in zip(items, answers, strict=True) if i.parent_id)
             world.recorded += [i for i, a in zip(items, answers, strict=True) if a[1] == "new"]
+            world.held += [i for i, a in zip(items, answers, strict=True)
+                           if a[1] == "new" and a[4] > 0 and not i.parent_id]
     # the batches reached every rule and every kind of answer
     assert statuses == {"new", "replay", "conflict"}
+    assert {"approved", "do_not_honor"} <= raised
     assert {"approved", "partial_approval", "insufficient_funds", "invalid_card",
             "card_restricted", "card_expired", "do_not_honor", "amount_limit_exceeded",
             "duplicate", "not_permitted"} <= reasons
@@ -185,8 +219,7 @@ async def test_many_requests_on_one_account_see_each_others_holds(
         assert held == 4_000
 
 
-async def test_a_batch_with_an_incremental_goes_through_the_loop(
-        api: Api, db: asyncpg.Pool) -> None:
+async def test_an_incremental_in_a_batch_raises_its_hold(api: Api, db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
         world = _World(api, conn, random.Random(11))
         acct = await api.account("GBP", funds=5_000)
@@ -206,6 +239,29 @@ async def test_a_batch_with_an_incremental_goes_through_the_loop(
             "SELECT authorized, remaining FROM holds WHERE id = $1", first.authorization_id)
         assert row is not None and tuple(row) == (1_500, 1_500)
         assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 3_900
+
+
+async def test_a_batchs_incrementals_are_decided_after_its_new_requests(
+        api: Api, db: asyncpg.Pool) -> None:
+    """A hotel raises a 300 hold by 600 while the guest buys a 500 dinner on the same account
+    of 1,000; both requests are in flight at once. Either order is a valid one; the batch
+    decides new requests first: the dinner is approved and the raise declined."""
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(12))
+        acct = await api.account("GBP", funds=1_000)
+        card = await api.card(acct)
+        stay = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                          amount_minor=300)
+        await _both(conn, [stay], [acct])
+        raise_ = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                            amount_minor=600, parent_id=stay.authorization_id)
+        dinner = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                            amount_minor=500)
+
+        answers = await _both(conn, [raise_, dinner], [acct])
+
+        assert [(a[0], a[5]) for a in answers] == [(1, "insufficient_funds"), (2, "approved")]
+        assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 800
 
 
 async def test_two_requests_of_one_identity_in_a_batch_fail_it_and_write_nothing(
