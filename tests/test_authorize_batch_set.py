@@ -127,6 +127,11 @@ class _World:
         fields.update(over)
         return ledger.AuthorizeItem(**fields)
 
+    def plain(self, card: str, amount: int, **over: Any) -> ledger.AuthorizeItem:
+        """A request on a GBP card that every rule in Redis passed."""
+        return self.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
+                         amount_minor=amount, **over)
+
     def incremental(self, parent: ledger.AuthorizeItem) -> ledger.AuthorizeItem:
         """A raise of ``parent``'s hold: Lithic's way (its id, the next sequence) or the
         native API's (a request of its own naming the parent); sometimes on another card."""
@@ -209,9 +214,7 @@ async def test_many_requests_on_one_account_see_each_others_holds(
         world = _World(api, conn, random.Random(7))
         acct = await api.account("GBP", funds=3_000, overdraft=1_000)
         card = await api.card(acct)
-        items = [world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                            amount_minor=world.rng.choice([150, 400, 900]))
-                 for _ in range(40)]
+        items = [world.plain(card, world.rng.choice([150, 400, 900])) for _ in range(40)]
         answers = await _both(conn, items, [acct])
         approved = sum(a[4] for a in answers)
         assert approved == 4_000  # 3,000 + 1,000 overdraft, down to the last minor unit
@@ -219,20 +222,26 @@ async def test_many_requests_on_one_account_see_each_others_holds(
         assert held == 4_000
 
 
+async def _holding(api: Api, conn: Conn, seed: int, funds: int, hold: int
+                   ) -> tuple[_World, str, str, ledger.AuthorizeItem]:
+    """A world, a GBP account with ``funds`` and a card on it, and an approved ``hold`` on
+    the card: (world, account, card, the hold's request)."""
+    world = _World(api, conn, random.Random(seed))
+    acct = await api.account("GBP", funds=funds)
+    card = await api.card(acct)
+    first = world.plain(card, hold)
+    (answer,) = await _both(conn, [first], [acct])
+    assert answer[5] == "approved"
+    return world, acct, card, first
+
+
 async def test_an_incremental_in_a_batch_raises_its_hold(api: Api, db: asyncpg.Pool) -> None:
     async with db.acquire() as conn:
-        world = _World(api, conn, random.Random(11))
-        acct = await api.account("GBP", funds=5_000)
-        card = await api.card(acct)
-        first = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                           amount_minor=1_000)
-        await _both(conn, [first], [acct])
-        incremental = world.item(
-            card_id=card, currency="GBP", rule_reason=None, stand_in=False, amount_minor=500,
-            provider=first.provider, provider_id=first.provider_id, sequence=1,
+        world, acct, card, first = await _holding(api, conn, 11, funds=5_000, hold=1_000)
+        incremental = world.plain(
+            card, 500, provider=first.provider, provider_id=first.provider_id, sequence=1,
             parent_id=first.authorization_id, authorization_id=first.authorization_id)
-        others = [world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                             amount_minor=800) for _ in range(3)]
+        others = [world.plain(card, 800) for _ in range(3)]
         answers = await _both(conn, [others[0], incremental, *others[1:]], [acct])
         assert [a[5] for a in answers] == ["approved"] * 4
         row = await conn.fetchrow(
@@ -247,16 +256,9 @@ async def test_a_batchs_incrementals_are_decided_after_its_new_requests(
     of 1,000; both requests are in flight at once. Either order is a valid one; the batch
     decides new requests first: the dinner is approved and the raise declined."""
     async with db.acquire() as conn:
-        world = _World(api, conn, random.Random(12))
-        acct = await api.account("GBP", funds=1_000)
-        card = await api.card(acct)
-        stay = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                          amount_minor=300)
-        await _both(conn, [stay], [acct])
-        raise_ = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                            amount_minor=600, parent_id=stay.authorization_id)
-        dinner = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                            amount_minor=500)
+        world, acct, card, stay = await _holding(api, conn, 12, funds=1_000, hold=300)
+        raise_ = world.plain(card, 600, parent_id=stay.authorization_id)
+        dinner = world.plain(card, 500)
 
         answers = await _both(conn, [raise_, dinner], [acct])
 
@@ -272,10 +274,9 @@ async def test_two_requests_of_one_identity_in_a_batch_fail_it_and_write_nothing
         world = _World(api, conn, random.Random(13))
         acct = await api.account("GBP", funds=5_000)
         card = await api.card(acct)
-        one = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False)
-        other = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False)
-        same_id = world.item(card_id=card, currency="GBP", rule_reason=None, stand_in=False,
-                             authorization_id=other.authorization_id)
+        one = world.plain(card, 700)
+        other = world.plain(card, 300)
+        same_id = world.plain(card, 200, authorization_id=other.authorization_id)
         for batch in ([one, other, one], [one, other, same_id]):
             with pytest.raises(asyncpg.UniqueViolationError):
                 await _call(conn, "hf_authorize_batch", batch)
