@@ -23,7 +23,9 @@ class Measured:
     target: str  # HOLDFAST or RAW
     round: int
     result: Result
-    pg: dict[str, float] = field(default_factory=dict)  # pgstats.pg_delta over the run
+    # pgstats.pg_delta over the run; for Holdfast also ledger_batch_mean (authorisations per
+    # ledger call, from its batch-size histogram)
+    pg: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
