@@ -64,8 +64,9 @@ class LedgerBatcher:
     def submit(self, item: ledger.AuthorizeItem, deadline: float
                ) -> asyncio.Future[ledger.AuthorizeResult]:
         """Queue one request; the future has its result once its batch has committed (or the
-        error that stopped it). Await it through ``asyncio.shield``: a request that gives up
-        must not cancel a call that is already on its way."""
+        error that stopped it). The future is this request's alone: a caller that gives up may
+        cancel it or fail it (TimeoutError); a request whose future is done is not sent, and a
+        call already on its way goes on for the others and drops its answer."""
         future: asyncio.Future[ledger.AuthorizeResult] = (
             asyncio.get_running_loop().create_future())
         future.add_done_callback(_retrieve)
