@@ -187,9 +187,15 @@ async def _pending(db: asyncpg.Pool, ids: list[str]) -> int:
 
 async def _kill_soon(consumers: Consumers, db: asyncpg.Pool, ids: list[str],
                      rng: random.Random) -> None:
-    """SIGKILL one consumer a random few milliseconds from now, then start a new one."""
+    """SIGKILL one consumer a random few milliseconds from now, once events of the burst are
+    stored and waiting (on a slow machine the first moment may find none yet), then start a
+    new one."""
     await asyncio.sleep(rng.uniform(0.0, 0.05))
     pending = await _pending(db, ids)
+    waited_until = time.monotonic() + 0.5
+    while pending == 0 and time.monotonic() < waited_until:
+        await asyncio.sleep(0.005)  # bounded by waited_until
+        pending = await _pending(db, ids)
     # the kill-and-wait blocks for a few milliseconds: off the event loop
     await asyncio.to_thread(consumers.kill_and_restart, rng.randrange(CONSUMERS), pending)
 
