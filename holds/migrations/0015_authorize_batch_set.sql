@@ -30,7 +30,8 @@
 -- with its first attempt waits for the next one, where it finds the first's row), and after a
 -- batch fails it decides the requests one at a time.
 
--- 0007's hf_authorize_batch, unchanged but for its name: the reference the tests compare with
+-- 0007's hf_authorize_batch under another name, the reference the tests compare with; the
+-- arrays' lengths are checked by its caller (hf_authorize_batch, below), not again here
 CREATE FUNCTION hf_authorize_batch_each(
     p_provider text[], p_provider_id text[], p_sequence integer[], p_authorization_id text[],
     p_parent_id text[], p_card_id text[], p_amount bigint[], p_currency text[],
@@ -44,6 +45,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n integer := cardinality(p_card_id);
 BEGIN
+    IF n IS NULL OR n = 0 THEN
+        RETURN;
+    END IF;
     PERFORM 1 FROM holds h WHERE h.id = ANY (p_parent_id) ORDER BY h.id FOR UPDATE;
     PERFORM 1 FROM accounts a
      WHERE a.id IN (SELECT c.account_id FROM cards c WHERE c.id = ANY (p_card_id))
