@@ -56,9 +56,12 @@ def encode_snapshot(card: CardSnapshot) -> list[str]:
         "chb": codes(p.channels_block),
         "ml": codes(p.merchant_lock),
         "vel": velocity,
-        "tz": str(p.utc_offset_minutes),
+        "tz": str(p.utc_offset_minutes) if p.utc_offset_minutes else "",
     }
-    return [x for pair in fields.items() for x in pair]
+    # a field without a rule is left out (the scripts read an absent field as "no rule"): the
+    # decision script converts every field it reads into a Lua string, and most cards have
+    # rules on a few of them
+    return [x for pair in fields.items() if pair[1] for x in pair]
 
 
 @dataclass(frozen=True, slots=True)

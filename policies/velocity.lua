@@ -88,6 +88,7 @@ if spec then
 end
 
 local stale = {}
+local held = {} -- the current buckets' values, by field (the writes below add to them)
 if #windows > 0 then
     -- per unit, the windows over it and the lowest bucket each counts: sliding windows include
     -- their oldest, partly expired bucket; calendar days count today and the n-1 days before
@@ -116,6 +117,7 @@ if #windows > 0 then
         else
             local list = by_unit[unit]
             local value = tonumber(v[i + 1])
+            if idx == cur then held[field] = value end
             if byte(field, -1) == 97 then -- 'a': amount
                 for j = 1, #list do
                     local w = list[j]
@@ -144,24 +146,35 @@ if reason == nil and amount_hit then reason = 'amount_limit_exceeded' end
 if reason == nil and count_hit then reason = 'count_limit_exceeded' end
 local seen = '[]'
 if #counters > 0 then seen = cjson.encode(counters) end
-local ttl = tonumber(ARGV[9])
+local ttl = ARGV[9]
 
 if reason ~= nil then
     redis.call('SET', KEYS[3], ARGV[8] .. '|' .. reason .. '||' .. version, 'EX', ttl)
     return {'decline', reason, version, seen}
 end
 
-local buckets = {}
+-- the current buckets' new values in one HSET (the script is atomic: the values read above are
+-- still the stored ones, so this is the HINCRBY of each, in one command)
+local buckets, fields = {}, {}
+local fmt = string.format
 for _, unit in ipairs({'m', 'h', 'd'}) do
     local cur = current[unit]
     if cur ~= nil then
-        local base = unit .. string.format('%d', cur)
+        local idx = fmt('%d', cur)
+        local base = unit .. idx
         if count_delta > 0 then
-            redis.call('HINCRBY', KEYS[2], base .. 'c', count_delta)
+            local f = base .. 'c'
+            fields[#fields + 1] = f
+            fields[#fields + 1] = fmt('%d', (held[f] or 0) + count_delta)
         end
-        redis.call('HINCRBY', KEYS[2], base .. 'a', ARGV[2])
-        buckets[#buckets + 1] = unit .. ':' .. string.format('%d', cur)
+        local f = base .. 'a'
+        fields[#fields + 1] = f
+        fields[#fields + 1] = fmt('%d', (held[f] or 0) + amount)
+        buckets[#buckets + 1] = unit .. ':' .. idx
     end
+end
+if #fields > 0 then
+    redis.call('HSET', KEYS[2], unpack(fields))
 end
 if #stale > 0 then
     redis.call('HDEL', KEYS[2], unpack(stale))

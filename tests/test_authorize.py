@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 import pytest
 
-from authz.app import AUTHORIZER
+from authz.app import AUTHORIZER, CACHE, REDIS
 from tests.support import Api, FakeClock, Server, auth_body, uid
 
 
@@ -246,6 +246,30 @@ async def test_partial_approval_gives_back_the_unapproved_amount(api: Api, serve
     # 300 counted, 700 left in the day
     assert (await api.authorize(card, 700)).body["decision"] == "approve"
     assert (await api.authorize(card, 1)).body["reason"] == "amount_limit_exceeded"
+
+
+async def test_velocity_buckets_hold_what_was_counted(api: Api, server: Server,
+                                                      clock: FakeClock) -> None:
+    """The stored counters themselves: one count per initial authorisation (none for an
+    incremental), the approved amounts, the unapproved part of a partial approval given back."""
+    acct = await api.account("GBP", funds=10_000)
+    card = await api.card(acct, {"velocity": [{"window": "1h", "max_count": 10},
+                                              {"window": "1d", "max_amount": 100_000}]})
+    now = 1_800_000_000
+    clock.set(now)
+    first = await api.authorize(card, 1_000, merchant={"mcc": "7011"})
+    assert first.body["decision"] == "approve"
+    assert (await api.authorize(card, 250, parent_id=first.body["id"],
+                                merchant={"mcc": "7011"})).body["decision"] == "approve"
+    assert (await api.authorize(card, 20_000, partial_allowed=True)).body[
+        "approved_amount"] == 8_750
+    await server.app[AUTHORIZER].drain()  # the give-back of the unapproved 11,250
+    cache = server.app[CACHE]
+    stored = await server.app[REDIS].hgetall(cache.velocity_key(card))
+    # a sliding hour counts minute buckets; a calendar day, day buckets
+    minute, day = now // 60, now // 86400
+    assert stored == {f"m{minute}c": "2", f"m{minute}a": "10000",
+                      f"d{day}c": "2", f"d{day}a": "10000"}
 
 
 async def test_incremental_raises_the_same_hold(api: Api) -> None:
