@@ -1,0 +1,169 @@
+"""Redis's own cost of the decision script, counted in instructions: the same figure from run to
+run whatever else the machine is doing, so a change to ``policies/velocity.lua`` (or to what the
+policy cache stores) can be judged on a shared, noisy machine where wall-clock timings cannot.
+
+    .venv/bin/python -m benchmarks.script_cost [--decisions 1000] [--against OLD.lua ...]
+
+For each script -- ``policies/velocity.lua``, then every ``--against`` file, then a trivial script
+taking the same keys and arguments (the floor: reading the command, running any script at all,
+answering) -- it starts a throwaway ``redis-server`` under valgrind's callgrind on a free loopback
+port, caches the benchmark's card policies (``benchmarks.traffic``, written by the real
+``PolicyCache.put``), sends warm-up decisions, zeroes the counters, sends ``--decisions`` fresh
+decisions through ``PolicyCache.check`` in concurrent groups of 50 (as the server pipelines
+them), dumps the counters and prints Redis's instructions per decision. Needs ``valgrind``
+(with ``callgrind_control``) and ``redis-server`` on the PATH; takes about 20 s a script. Nothing
+is written and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from benchmarks import dataset
+from benchmarks.servers import free_port
+from benchmarks.traffic import profile
+from policies.cache import PolicyCache
+from policies.model import AuthorizationRequest
+
+__all__ = ["main"]
+
+_PREFIX: Final = "hfcost:"
+_GROUP: Final = 50  # decisions sent together
+_TRIVIAL: Final = "return {'miss'}\n"
+_SUMMARY: Final = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
+
+
+def _requests(start: int, n: int, cards: int) -> list[AuthorizationRequest]:
+    out = []
+    for i in range(start, start + n):
+        p = profile(i % cards)
+        rid = uuid.uuid4().hex
+        out.append(AuthorizationRequest(
+            provider="native", provider_id=rid, sequence=0, authorization_id=rid,
+            card_id=p.card_id, amount_minor=12_50, currency=p.currency, merchant_id="m-cost",
+            merchant_name="Cost Grocer", mcc="5411", country="GB", channel="pos",
+            partial_allowed=False, parent_id=None, request_hash=rid))
+    return out
+
+
+async def _decide(url: str, source: str, first: int, n: int, cards: int) -> Counter[str]:
+    """``n`` decisions with ``source`` as the decision script; the verdicts' kinds."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        cache = PolicyCache(client, _PREFIX, 3_600)
+        cache._sources["velocity"] = source  # the script under test
+        await cache.load_scripts()
+        now = int(time.time())
+        month = time.gmtime(now).tm_year * 100 + time.gmtime(now).tm_mon
+        kinds: Counter[str] = Counter()
+        for start in range(first, first + n, _GROUP):
+            group = _requests(start, min(_GROUP, first + n - start), cards)
+            for verdict in await asyncio.gather(*(cache.check(r, now, month) for r in group)):
+                kinds[verdict.kind] += 1
+        return kinds
+    finally:
+        await client.aclose()
+
+
+def _per_decision(workdir: Path, port: int, decisions: int) -> int:
+    """Instructions per decision in callgrind's latest dump of the server on ``port``."""
+    dumps = sorted(workdir.glob(f"callgrind.{port}.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError("callgrind wrote no dump")
+    found = _SUMMARY.search(dumps[-1].read_text(errors="replace"))
+    if found is None:
+        raise RuntimeError(f"no summary line in {dumps[-1].name}")
+    return int(found.group(1)) // decisions
+
+
+async def _control(action: str, pid: int) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        "callgrind_control", action, str(pid),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    if await proc.wait() != 0:
+        raise RuntimeError(f"callgrind_control {action} failed")
+
+
+async def _cost(name: str, source: str, args: argparse.Namespace, workdir: Path) -> int:
+    port = free_port()
+    server = await asyncio.create_subprocess_exec(
+        "valgrind", "--tool=callgrind", f"--callgrind-out-file={workdir / f'callgrind.{port}'}",
+        "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+        "--appendonly", "no",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        probe = aioredis.Redis.from_url(url)
+        for _ in range(200):
+            with contextlib.suppress(OSError, aioredis.ConnectionError):
+                if await probe.ping():
+                    break
+            await asyncio.sleep(0.1)
+        await probe.aclose()
+        await dataset.warm_cache(url, _PREFIX, 3_600, args.cards)
+        await _decide(url, source, 0, args.warmup, args.cards)
+        await _control("-z", server.pid)
+        kinds = await _decide(url, source, args.warmup, args.decisions, args.cards)
+        await _control("-d", server.pid)
+        per = _per_decision(workdir, port, args.decisions)
+        verdicts = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+        print(f"| {name} | {per:,} | {verdicts} |", flush=True)
+        return per
+    finally:
+        server.terminate()
+        try:
+            await asyncio.wait_for(server.wait(), 10)
+        except TimeoutError:
+            server.kill()
+            await server.wait()
+
+
+async def _run(args: argparse.Namespace, scripts: list[tuple[str, str]]) -> int:
+    print(f"# Redis instructions per decision ({args.decisions:,} decisions over "
+          f"{args.cards:,} cards, after {args.warmup:,} warm-up; callgrind)\n")
+    print("| script | instructions per decision | verdicts |")
+    print("|---|---:|---|")
+    with tempfile.TemporaryDirectory(prefix="holdfast-script-cost-") as tmp:
+        costs = [await _cost(name, source, args, Path(tmp)) for name, source in scripts]
+    base = costs[0]
+    for (name, _), cost in zip(scripts[1:-1], costs[1:-1], strict=True):
+        print(f"\n{name} / current: {cost / base:.3f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=1_000)
+    parser.add_argument("--warmup", type=int, default=500)
+    parser.add_argument("--cards", type=int, default=1_000)
+    parser.add_argument("--against", nargs="*", default=[],
+                        help="other versions of velocity.lua to count side by side")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("valgrind", "callgrind_control", "redis-server")
+               if shutil.which(tool) is None]
+    if missing:
+        print(f"needs {', '.join(missing)} on the PATH", file=sys.stderr)
+        return 2
+    current = Path(__file__).parent.parent / "policies" / "velocity.lua"
+    scripts = [("policies/velocity.lua", current.read_text())]
+    scripts += [(str(p), Path(p).read_text()) for p in args.against]
+    scripts.append(("trivial script, same keys and arguments", _TRIVIAL))
+    return asyncio.run(_run(args, scripts))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
