@@ -30,7 +30,7 @@ from policies.cache import PolicyCache, Verdict
 from policies.model import AuthorizationRequest, Decision, Reason
 from policies.store import load_card
 
-__all__ = ["Authorizer", "request_hash"]
+__all__ = ["Authorizer", "month_of", "request_hash"]
 
 log = logging.getLogger("holdfast.authorize")
 
@@ -135,7 +135,7 @@ class Authorizer:
     async def _check_redis(self, req: AuthorizationRequest, now_s: int) -> Verdict | None:
         """The Redis verdict, reading the card through from PostgreSQL on a miss; None when
         Redis does not answer within its budget (stand-in)."""
-        month = _month(now_s)
+        month = month_of(now_s)
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self._redis_budget_s):
@@ -240,6 +240,7 @@ def _give_up(future: asyncio.Future[ledger.AuthorizeResult]) -> None:
         future.set_exception(TimeoutError())
 
 
-def _month(now_s: int) -> int:
+def month_of(now_s: int) -> int:
+    """The UTC month of a Unix time as YYYYMM (what the decision script compares expiry with)."""
     t = time.gmtime(now_s)
     return t.tm_year * 100 + t.tm_mon
