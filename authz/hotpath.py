@@ -148,6 +148,15 @@ class Authorizer:
                         return Verdict("decline", Reason.INVALID_CARD)
                     await self._cache.put(card)
                     verdict = await self._cache.check(req, now_s, month)
+                    if verdict.kind == "miss":
+                        # gone again between the write and the check (evicted, flushed, a
+                        # failover): no rule or velocity verdict exists for this request, so
+                        # it is decided as a stand-in (capped, counted later), never as one
+                        # that passed its rules
+                        self._metrics.redis_errors.labels("miss_after_load").inc()
+                        log.warning("card %s still not cached after loading it: standing in "
+                                    "for %s", req.card_id, req.provider_id)
+                        return None
         except (*_REDIS_DOWN, *_PG_DOWN) as exc:
             # (a cache miss reads the card from PostgreSQL: if that fails too, the ledger call
             # that follows fails the same way and answers issuer_unavailable)

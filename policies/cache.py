@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Final, Literal
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 
@@ -31,37 +32,33 @@ def _script(name: str) -> str:
 
 
 def encode_snapshot(card: CardSnapshot) -> list[str]:
-    """The card as flat field/value pairs of its policy hash (what velocity.lua reads)."""
+    """The card as field/value pairs of its policy hash after ``v`` (what cache_put.lua writes):
+    one field ``j``, the policy as JSON. The decision script decodes it with Redis's cjson, in C:
+    cheaper than turning one hash field per rule into Lua strings and numbers and splitting the
+    windows' specs with patterns (Redis instructions per decision 257,416 -> 228,959). A rule
+    that is not set is left out (absent = no rule to every script)."""
     p = card.policy
-
-    def codes(values: frozenset[str]) -> str:
-        return "," + ",".join(sorted(values)) + "," if values else ""
-
-    velocity = ";".join(
-        f"{w.unit}:{w.buckets}:{-1 if w.max_amount_minor is None else w.max_amount_minor}:"
-        f"{-1 if w.max_count is None else w.max_count}:{w.label}"
-        for w in p.velocity
-    )
-    fields = {
-        "s": card.state,
-        "cur": card.currency,
-        "pv": str(card.policy_version),
-        "exp": card.expires.replace("-", "") if card.expires else "",
-        "max": "" if p.max_amount_minor is None else str(p.max_amount_minor),
-        "curs": codes(p.currencies),
-        "ma": codes(p.mcc_allow),
-        "mb": codes(p.mcc_block),
-        "ca": codes(p.country_allow),
-        "cb": codes(p.country_block),
-        "chb": codes(p.channels_block),
-        "ml": codes(p.merchant_lock),
-        "vel": velocity,
-        "tz": str(p.utc_offset_minutes) if p.utc_offset_minutes else "",
-    }
-    # a field without a rule is left out (the scripts read an absent field as "no rule"): the
-    # decision script converts every field it reads into a Lua string, and most cards have
-    # rules on a few of them
-    return [x for pair in fields.items() if pair[1] for x in pair]
+    doc: dict[str, object] = {"s": card.state, "cur": card.currency, "pv": str(card.policy_version)}
+    if card.expires:
+        doc["exp"] = int(card.expires.replace("-", ""))  # YYYYMM, compared as a number
+    if p.max_amount_minor is not None:
+        doc["max"] = p.max_amount_minor
+    lists = (("curs", p.currencies), ("ma", p.mcc_allow), ("mb", p.mcc_block),
+             ("ca", p.country_allow), ("cb", p.country_block), ("chb", p.channels_block),
+             ("ml", p.merchant_lock))
+    for name, values in lists:
+        if values:  # ",a,b,": a plain substring search for ",<code>," finds exact members
+            doc[name] = "," + ",".join(sorted(values)) + ","
+    if p.velocity:
+        # [unit, buckets, max amount or -1, max count or -1, label]; the label JSON-encoded
+        # already, so the script writes the counters' JSON with string.format
+        doc["w"] = [[w.unit, w.buckets,
+                     -1 if w.max_amount_minor is None else w.max_amount_minor,
+                     -1 if w.max_count is None else w.max_count,
+                     orjson.dumps(w.label).decode()] for w in p.velocity]
+    if p.utc_offset_minutes:
+        doc["tz"] = p.utc_offset_minutes
+    return ["j", orjson.dumps(doc).decode()]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,18 +4,17 @@
 -- KEYS[1] policy hash  KEYS[2] velocity hash
 -- ARGV: 1 decision time (unix s)  2 amount  3 count delta  4 now (unix s)
 -- Returns 'miss' (no cached policy: load it and call again) or the number of buckets touched.
-local spec = redis.call('HGET', KEYS[1], 'vel')
-if spec == false then
-    if redis.call('EXISTS', KEYS[1]) == 0 then return 'miss' end
-    return 0
-end
+local cached = redis.call('HGET', KEYS[1], 'j')
+if not cached then return 'miss' end
+local pol = cjson.decode(cached)
+local spec = pol.w
+if spec == nil then return 0 end
 local retention = {}
-for w in string.gmatch(spec, '[^;]+') do
-    local unit, n = string.match(w, '^(%a):(%d+):')
-    n = tonumber(n)
+for i = 1, #spec do
+    local unit, n = spec[i][1], spec[i][2]
     if (retention[unit] or 0) < n then retention[unit] = n end
 end
-local offset = tonumber(redis.call('HGET', KEYS[1], 'tz') or '0') * 60
+local offset = (pol.tz or 0) * 60
 local at, now = tonumber(ARGV[1]), tonumber(ARGV[4])
 local size = {m = 60, h = 3600, d = 86400}
 local touched = 0

@@ -2,7 +2,9 @@
 -- windows, then (only if every check passes) the counter increments. One EVALSHA per decision;
 -- every key carries the card's hash tag, so it runs unchanged on Redis Cluster.
 --
--- KEYS[1] policy hash   <prefix>{card:<id>}:p   (written by cache_put.lua)
+-- KEYS[1] policy hash   <prefix>{card:<id>}:p   fields v (card version, cache_put.lua's guard)
+--                       and j (the policy as JSON, policies/cache.py encode_snapshot: decoded
+--                       in C by cjson, numbers already numbers, windows already split)
 -- KEYS[2] velocity hash <prefix>{card:<id>}:v   fields <unit><bucket index><c|a> (count, amount)
 -- KEYS[3] dedupe key    <prefix>{card:<id>}:d:<provider>:<provider id>:<sequence>
 -- ARGV: 1 now (unix s, from the server, never the Redis clock)  2 amount (minor units)
@@ -19,69 +21,59 @@ if prev then
     return {'dup', prev}
 end
 
-local flat = redis.call('HGETALL', KEYS[1])
-if #flat == 0 then
+local cached = redis.call('HGET', KEYS[1], 'j')
+if not cached then
     return {'miss'}
 end
-local pol = {}
-for i = 1, #flat, 2 do
-    pol[flat[i]] = flat[i + 1]
-end
+local pol = cjson.decode(cached)
 
 local now = tonumber(ARGV[1])
 local amount = tonumber(ARGV[2])
 local currency, mcc, country, channel, merchant = ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7]
 local count_delta = tonumber(ARGV[10])
-local version = pol['pv'] or pol['v']
+local version = pol.pv
 
-local function set(name)
-    local s = pol[name]
-    if s == nil or s == '' then
-        return nil
-    end
-    return s
-end
+local find = string.find
 local function listed(s, value)
-    return string.find(s, ',' .. value .. ',', 1, true) ~= nil
+    return find(s, ',' .. value .. ',', 1, true) ~= nil
 end
-local function refused_by(allow, block, value)
-    local a, b = set(allow), set(block)
+-- a: allow list or nil, b: block list or nil (',code,code,'; absent = no rule)
+local function refused_by(a, b, value)
     return (a ~= nil and not listed(a, value)) or (b ~= nil and listed(b, value))
 end
 
 -- static rules, in the fixed order of precedence
 local reason = nil
-local state = pol['s']
+local state = pol.s
 if state == 'terminated' then
     reason = 'invalid_card'
 elseif state ~= 'active' then
     reason = 'card_restricted'
-elseif set('exp') and tonumber(pol['exp']) < tonumber(ARGV[11]) then
+elseif pol.exp and pol.exp < tonumber(ARGV[11]) then
     reason = 'card_expired'
-elseif pol['cur'] ~= currency then
+elseif pol.cur ~= currency then
     reason = 'do_not_honor'
-elseif refused_by('curs', nil, currency) or refused_by('ma', 'mb', mcc)
-    or refused_by('ca', 'cb', country) or refused_by(nil, 'chb', channel)
-    or refused_by('ml', nil, merchant) then
+elseif refused_by(pol.curs, nil, currency) or refused_by(pol.ma, pol.mb, mcc)
+    or refused_by(pol.ca, pol.cb, country) or refused_by(nil, pol.chb, channel)
+    or refused_by(pol.ml, nil, merchant) then
     reason = 'not_permitted'
-elseif set('max') and amount > tonumber(pol['max']) then
+elseif pol.max and amount > pol.max then
     reason = 'amount_limit_exceeded'
 end
 
--- velocity windows: '<unit>:<buckets>:<max amount or -1>:<max count or -1>:<label>;...'
+-- velocity windows: [unit, buckets, max amount or -1, max count or -1, label as JSON]
 local windows, retention, current = {}, {}, {}
-local spec = set('vel')
+local spec = pol.w
 if spec then
-    for w in string.gmatch(spec, '[^;]+') do
-        local unit, n, ma, mc, label = string.match(w, '^(%a):(%d+):(%-?%d+):(%-?%d+):(.+)$')
-        n = tonumber(n)
-        windows[#windows + 1] = {unit = unit, n = n, ma = tonumber(ma), mc = tonumber(mc),
-                                 label = label, a = 0, c = 0}
+    for i = 1, #spec do
+        local s = spec[i]
+        local unit, n = s[1], s[2]
+        windows[i] = {unit = unit, n = n, ma = s[3], mc = s[4], label = s[5], a = 0, c = 0}
         if (retention[unit] or 0) < n then
             retention[unit] = n
         end
     end
-    local offset = tonumber(pol['tz'] or '0') * 60
+    local offset = (pol.tz or 0) * 60
     if retention['m'] then current['m'] = math.floor(now / 60) end
     if retention['h'] then current['h'] = math.floor(now / 3600) end
     if retention['d'] then current['d'] = math.floor((now + offset) / 86400) end
@@ -137,15 +129,16 @@ end
 
 local counters = {}
 local amount_hit, count_hit = false, false
-for _, w in ipairs(windows) do
-    counters[#counters + 1] = {w.label, w.a, w.c}
+local fmt = string.format
+for i, w in ipairs(windows) do
+    -- the label is stored JSON-encoded (encode_snapshot), so this is the JSON of the counters
+    counters[i] = fmt('[%s,%d,%d]', w.label, w.a, w.c)
     if w.ma >= 0 and w.a + amount > w.ma then amount_hit = true end
     if w.mc >= 0 and count_delta > 0 and w.c + count_delta > w.mc then count_hit = true end
 end
 if reason == nil and amount_hit then reason = 'amount_limit_exceeded' end
 if reason == nil and count_hit then reason = 'count_limit_exceeded' end
-local seen = '[]'
-if #counters > 0 then seen = cjson.encode(counters) end
+local seen = '[' .. table.concat(counters, ',') .. ']'
 local ttl = ARGV[9]
 
 if reason ~= nil then
@@ -156,7 +149,6 @@ end
 -- the current buckets' new values in one HSET (the script is atomic: the values read above are
 -- still the stored ones, so this is the HINCRBY of each, in one command)
 local buckets, fields = {}, {}
-local fmt = string.format
 for _, unit in ipairs({'m', 'h', 'd'}) do
     local cur = current[unit]
     if cur ~= nil then

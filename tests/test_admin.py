@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncpg
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -104,8 +105,10 @@ async def test_card_put_versions_its_policy(api: Api, redis: aioredis.Redis,
                                       "expires": "2029-08", "last4": "0005"})
     assert (r.body["version"], r.body["policy_version"]) == (2, 2)
     cached = await redis.hgetall(f"{settings.redis_prefix}{{card:{card_id}}}:p")
-    assert (cached["v"], cached["max"]) == ("2", "100")
-    assert "mb" not in cached and "vel" not in cached  # the old rules are gone (no field: no rule)
+    assert set(cached) == {"v", "j"} and cached["v"] == "2"
+    # the old rules are gone (absent: no rule)
+    assert orjson.loads(cached["j"]) == {"s": "active", "cur": "GBP", "pv": "2", "exp": 202908,
+                                         "max": 100}
     r = await api.admin("GET", path, scope="customer")
     assert r.status == 200 and r.body["policy"] == {"max_amount": 100}
 

@@ -270,6 +270,48 @@ async def test_velocity_buckets_hold_what_was_counted(api: Api, server: Server,
     minute, day = now // 60, now // 86400
     assert stored == {f"m{minute}c": "2", f"m{minute}a": "10000",
                       f"d{day}c": "2", f"d{day}a": "10000"}
+    # each decision records what the windows held before it: [label, amount, count]
+    history = (await api.admin("GET", f"/v1/authorizations/{first.body['id']}")).body["history"]
+    assert [h["counters"] for h in history] == [[["1h", 0, 0], ["1d", 0, 0]],
+                                                [["1h", 1_000, 1], ["1d", 1_000, 1]]]
+
+
+async def test_a_cache_entry_in_an_earlier_format_is_replaced(api: Api, server: Server) -> None:
+    """A policy hash written by an earlier version (one field per rule, no ``j``) reads as a
+    miss, and the read-through replaces it even though its version is not older."""
+    acct = await api.account("GBP", funds=10_000)
+    card = await api.card(acct, {"max_amount": 500})
+    cache, redis = server.app[CACHE], server.app[REDIS]
+    key = cache.policy_key(card)
+    await redis.delete(key)
+    await redis.hset(key, mapping={"v": "99", "s": "active", "cur": "GBP", "pv": "1"})
+    r = await api.authorize(card, 600)
+    assert r.body["reason"] == "amount_limit_exceeded"  # the card's own rule, read through
+    cached = await redis.hgetall(key)
+    assert set(cached) == {"v", "j"} and orjson.loads(cached["j"])["max"] == 500
+
+
+async def test_a_card_gone_again_after_loading_is_decided_as_a_stand_in(
+        api: Api, server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read-through writes the card, and it is gone before the check that follows (evicted,
+    flushed, a failover: here deleted on the real Redis right after the write). The request has
+    no rule verdict, so it is decided as a stand-in (flagged, under the stand-in cap, counted
+    into velocity later) -- before, it was approved as if it had passed its rules."""
+    acct = await api.account("GBP", funds=10_000)
+    card = await api.card(acct, {"max_amount": 500})
+    cache, redis = server.app[CACHE], server.app[REDIS]
+    put = cache.put
+
+    async def put_then_lose(snapshot: Any) -> bool:
+        written = await put(snapshot)
+        await redis.delete(cache.policy_key(snapshot.id))
+        return written
+
+    monkeypatch.setattr(cache, "put", put_then_lose)
+    await redis.delete(cache.policy_key(card))
+    r = await api.authorize(card, 600)
+    assert r.body["stand_in"] is True
+    assert (await api.balances(acct))["held"] == r.body["approved_amount"]
 
 
 async def test_incremental_raises_the_same_hold(api: Api) -> None:
