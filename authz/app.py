@@ -108,7 +108,8 @@ def hotpath_redis(settings: Settings, on_connect: Callable[[], None] | None = No
         return None
     timeout_s = settings.redis_timeout_ms / 1000
     fast = PipelinedRedis.from_url(settings.redis_url, connect_timeout_s=timeout_s,
-                                   stale_s=timeout_s, on_connect=on_connect)
+                                   stale_s=timeout_s, reply_timeout_s=timeout_s,
+                                   on_connect=on_connect)
     if fast is None:
         log.info("HOLDFAST_REDIS_URL is not a plain redis:// URL: the hot path uses redis-py")
     return fast

@@ -98,6 +98,12 @@ class PolicyCache:
         }
         self._sha: dict[str, str] = {}
 
+    @property
+    def bounded_s(self) -> float | None:
+        """The time after which ``check`` fails by itself with ``TimeoutError`` (the fast
+        connection's reply timeout), or None: the caller bounds it."""
+        return None if self._fast is None else self._fast.reply_timeout_s
+
     # -- keys: the whole schema is here -------------------------------------------------------
     def policy_key(self, card_id: str) -> str:
         return f"{self._prefix}{{card:{card_id}}}:p"

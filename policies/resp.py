@@ -18,8 +18,12 @@ command (cache writes, give-backs, rate limits, script loading).
 
 Failures look like redis-py's, so callers handle one family: a lost or refused connection is
 ``redis.exceptions.ConnectionError`` (every call waiting on it gets it; the next call connects
-again), an error reply is ``ResponseError`` (``NoScriptError`` for NOSCRIPT). Time limits are the
-caller's (the hot path's Redis budget): a caller that gives up leaves its reply to be read and
+again), an error reply is ``ResponseError`` (``NoScriptError`` for NOSCRIPT). With
+``reply_timeout_s`` (the hot path's Redis budget) a call not answered in that time fails with
+``TimeoutError``: one timer per connection, armed for the oldest unanswered command only, does it
+(commands are answered in the order sent and all wait the same time, so the oldest is always
+the first due), where ``asyncio.timeout`` around each call cost ~8 us of the server's ~250 per
+authorisation. A caller that gives up (that way or its own) leaves its reply to be read and
 dropped, so the order stays right; if the oldest unanswered command has waited longer than
 ``stale_s``, the connection is taken as dead and closed, and the next call opens a new one.
 """
@@ -27,6 +31,7 @@ dropped, so the order stays right; if the oldest unanswered command has waited l
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import deque
 from collections.abc import Callable
 from typing import Final, cast
@@ -58,13 +63,17 @@ def _error(reply: hiredis.ReplyError) -> ResponseError:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, reply_timeout_s: float | None = None, stale_s: float = 1.0) -> None:
         self._reader = hiredis.Reader(encoding="utf-8")
         # (future, loop time sent) per command sent and not yet answered, oldest first
         self.pending: deque[tuple[asyncio.Future[object], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self._outbox: list[bytes] = []
+        self._reply_timeout_s = reply_timeout_s
+        self._stale_s = stale_s
+        self._timer: asyncio.TimerHandle | None = None
+        self._expired = 0  # how many of the oldest pending have been failed by the timer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's TCP transport is not a subclass of asyncio.Transport, but is one)
@@ -80,6 +89,8 @@ class _Protocol(asyncio.Protocol):
                 self.abort("reply out of order")
                 return
             future, _ = self.pending.popleft()
+            if self._expired:
+                self._expired -= 1
             if future.done():  # its caller gave up: drop the reply, keep the order
                 continue
             if isinstance(reply, hiredis.ReplyError):
@@ -92,11 +103,33 @@ class _Protocol(asyncio.Protocol):
         of the event loop goes out in one write at the end of it (one system call for the
         decisions that reached Redis together)."""
         future: asyncio.Future[object] = loop.create_future()
-        self.pending.append((future, loop.time()))
+        now = loop.time()
+        self.pending.append((future, now))
+        if self._timer is None and self._reply_timeout_s is not None:
+            self._timer = loop.call_at(now + self._reply_timeout_s, self._expire, loop)
         if not self._outbox:
             loop.call_soon(self._flush)
         self._outbox.append(command)
         return future
+
+    def _expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Fail every call past its time, oldest first; re-arm for the first one that is not
+        (the timer fires about once per timeout while commands are in flight, not per call)."""
+        self._timer = None
+        timeout_s = self._reply_timeout_s
+        if timeout_s is None or self.lost:
+            return
+        now = loop.time()
+        for future, sent in itertools.islice(self.pending, self._expired, None):
+            if sent + timeout_s > now:
+                self._timer = loop.call_at(sent + timeout_s, self._expire, loop)
+                break
+            self._expired += 1
+            if not future.done():
+                future.set_exception(TimeoutError(f"Redis did not answer in {timeout_s:g} s"))
+        if self.pending and now - self.pending[0][1] > self._stale_s:
+            # a peer that vanished sends no reset: nothing answered for too long, so close it
+            self.abort("Redis did not answer in time")
 
     def _flush(self) -> None:
         out, self._outbox = self._outbox, []
@@ -105,6 +138,7 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._cancel_timer()
         self._fail(RedisConnectionError(f"connection to Redis lost: {type(exc).__name__}"
                                         if exc else "connection to Redis closed"))
 
@@ -114,8 +148,14 @@ class _Protocol(asyncio.Protocol):
             if not future.done():
                 future.set_exception(exc)
 
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     def abort(self, why: str) -> None:
         self.lost = True
+        self._cancel_timer()
         self._fail(RedisConnectionError(why))
         if self.transport is not None:
             self.transport.abort()
@@ -127,7 +167,7 @@ class PipelinedRedis:
     def __init__(self, host: str, port: int = _DEFAULT_PORT, *, db: int = 0,
                  username: str | None = None, password: str | None = None,
                  connect_timeout_s: float = 1.0, stale_s: float = 1.0,
-                 name: str = "holdfast-hotpath",
+                 reply_timeout_s: float | None = None, name: str = "holdfast-hotpath",
                  on_connect: Callable[[], None] | None = None) -> None:
         self._host = host
         self._port = port
@@ -136,6 +176,7 @@ class PipelinedRedis:
         self._password = password
         self._connect_timeout_s = connect_timeout_s
         self._stale_s = stale_s
+        self._reply_timeout_s = reply_timeout_s
         self._name = name
         self._on_connect = on_connect
         self._proto: _Protocol | None = None
@@ -143,6 +184,7 @@ class PipelinedRedis:
 
     @classmethod
     def from_url(cls, url: str, *, connect_timeout_s: float = 1.0, stale_s: float = 1.0,
+                 reply_timeout_s: float | None = None,
                  on_connect: Callable[[], None] | None = None) -> PipelinedRedis | None:
         """The connection for a ``redis://`` URL; None for what it does not speak (TLS, Unix
         sockets, URL options): the caller keeps redis-py for those."""
@@ -155,13 +197,26 @@ class PipelinedRedis:
         return cls(parts.hostname, parts.port or _DEFAULT_PORT, db=int(path or 0),
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password else None,
-                   connect_timeout_s=connect_timeout_s, stale_s=stale_s, on_connect=on_connect)
+                   connect_timeout_s=connect_timeout_s, stale_s=stale_s,
+                   reply_timeout_s=reply_timeout_s, on_connect=on_connect)
+
+    @property
+    def reply_timeout_s(self) -> float | None:
+        return self._reply_timeout_s
 
     async def call(self, *parts: str | int) -> object:
-        """Send one command and wait for its reply (bound it with the caller's timeout)."""
+        """Send one command and wait for its reply: ``TimeoutError`` after ``reply_timeout_s``
+        (a connection opened first counts in it), without it bound it with the caller's timeout."""
         proto = self._proto
         if proto is None or proto.lost:
-            proto = await self._connect()
+            if self._reply_timeout_s is None:
+                proto = await self._connect()
+            else:
+                async with asyncio.timeout(self._reply_timeout_s):  # the rare path: a new one
+                    return await self._send(await self._connect(), parts)
+        return await self._send(proto, parts)
+
+    async def _send(self, proto: _Protocol, parts: tuple[str | int, ...]) -> object:
         loop = asyncio.get_running_loop()
         future = proto.request(pack(*parts), loop)
         try:
@@ -182,7 +237,9 @@ class PipelinedRedis:
             loop = asyncio.get_running_loop()
             try:
                 async with asyncio.timeout(self._connect_timeout_s):
-                    _, proto = await loop.create_connection(_Protocol, self._host, self._port)
+                    _, proto = await loop.create_connection(
+                        lambda: _Protocol(self._reply_timeout_s, self._stale_s),
+                        self._host, self._port)
                     await self._handshake(proto)
             except OSError as exc:
                 raise RedisConnectionError(

@@ -23,8 +23,10 @@ from tests.support import Api
 
 
 @contextlib.asynccontextmanager
-async def _connected(stale_s: float = 5.0) -> AsyncIterator[PipelinedRedis]:
-    fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=stale_s)
+async def _connected(stale_s: float = 5.0, reply_timeout_s: float | None = None
+                     ) -> AsyncIterator[PipelinedRedis]:
+    fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=stale_s,
+                                   reply_timeout_s=reply_timeout_s)
     assert fast is not None
     try:
         yield fast
@@ -82,6 +84,45 @@ async def test_a_connection_silent_too_long_is_replaced() -> None:
                 await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5")
         # the oldest command waited longer than stale_s: that connection was closed, a new
         # one answers at once (not after the 5 s BLPOP)
+        async with asyncio.timeout(2):
+            second = await fast.call("CLIENT", "ID")
+        assert isinstance(first, int) and isinstance(second, int) and second != first
+
+
+async def test_each_call_times_out_on_its_own_clock_and_the_order_holds() -> None:
+    """With a reply timeout and no timeout of the caller's: a blocked command fails at its own
+    time, a command queued 0.1 s behind it (Redis answers in order, so it waits too) at its
+    own, later time; once Redis answers again, every late reply is dropped in order."""
+    async with _connected(stale_s=5.0, reply_timeout_s=0.2) as fast:
+        loop = asyncio.get_running_loop()
+        failed_at: list[float] = []
+
+        async def timed_out(*command: str) -> None:
+            with pytest.raises(TimeoutError):
+                await fast.call(*command)
+            failed_at.append(loop.time())
+
+        start = loop.time()
+        blocked = asyncio.ensure_future(
+            timed_out("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "0.5"))
+        await asyncio.sleep(0.1)
+        behind = asyncio.ensure_future(timed_out("ECHO", "behind"))
+        await asyncio.gather(blocked, behind)
+        first, second = (t - start for t in failed_at)
+        # each at or after its own deadline, the first well before Redis answers it (0.5 s)
+        assert 0.2 <= first < 0.45 and 0.3 <= second and first < second
+        await asyncio.sleep(0.35)  # the BLPOP's nil and the ECHO's reply arrive, unclaimed
+        assert await fast.call("ECHO", "after") == "after"
+        assert await fast.call("ECHO", "and again") == "and again"
+
+
+async def test_the_reply_timeout_closes_a_connection_silent_too_long() -> None:
+    """No caller of its own gives up here: the connection's timer sees the oldest command has
+    waited past stale_s and closes the connection, so the next call gets a new one at once."""
+    async with _connected(stale_s=0.1, reply_timeout_s=0.15) as fast:
+        first = await fast.call("CLIENT", "ID")
+        with pytest.raises(TimeoutError):
+            await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5")
         async with asyncio.timeout(2):
             second = await fast.call("CLIENT", "ID")
         assert isinstance(first, int) and isinstance(second, int) and second != first
