@@ -507,19 +507,20 @@ async def warm_policies(redis_url: str, prefix: str, count: int, dedupe_ttl_s: i
     try:
         sha = await client.script_load(
             resources.files("policies").joinpath("cache_put.lua").read_text())
-        encoded: dict[tuple[str, str, bool], list[str]] = {}
+        encoded: dict[tuple[str, str, bool], str] = {}
         for start in range(0, count, pipeline):
             pipe = client.pipeline(transaction=False)
             for i in range(start, min(count, start + pipeline)):
                 p = profile(i)
                 shape = (p.currency, p.state, "country_allow" in p.policy)
-                fields = encoded.get(shape)
-                if fields is None:
-                    fields = encoded[shape] = encode_snapshot(CardSnapshot(
+                doc = encoded.get(shape)
+                if doc is None:
+                    doc = encoded[shape] = encode_snapshot(CardSnapshot(
                         id=p.card_id, account_id=p.account_id, currency=p.currency,
                         state=p.state, version=1, policy_version=1,
                         policy=Policy.parse(p.policy), expires=_EXPIRES, last4="0000"))
-                pipe.evalsha(sha, 1, cache.policy_key(p.card_id), "1", *fields)
+                pipe.evalsha(sha, 2, cache.policy_key(p.card_id),
+                             cache.old_policy_key(p.card_id), "1", doc)
             await pipe.execute()
     finally:
         await client.aclose()

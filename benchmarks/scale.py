@@ -167,7 +167,7 @@ async def _policy_sizes(redis_url: str, prefix: str, cards: int, limit: int) -> 
     rng = random.Random(5)
     try:
         picks = [rng.randrange(cards) for _ in range(limit)]
-        sizes = [await client.memory_usage(f"{prefix}{{card:bc-{i:05d}}}:p", samples=0)
+        sizes = [await client.memory_usage(f"{prefix}{{card:bc-{i:05d}}}:pol", samples=0)
                  for i in picks]
     finally:
         await client.aclose()
@@ -262,7 +262,7 @@ async def _prepare(args: argparse.Namespace, small: _Target, big: _Target, out: 
     out.redis_summary.append(
         f"`INFO memory` used_memory rose by {(after - before) / 1024**2:,.0f} MiB while "
         f"{big.cards:,} policies were cached ({seconds:.1f} s, pipelined cache_put.lua): "
-        f"**{per_card:,.0f} bytes per card** for its policy hash, key and dictionary "
+        f"**{per_card:,.0f} bytes per card** for its cached policy, key and dictionary "
         "overhead included (Redis is shared: other users' writes meanwhile count too)")
     print(out.redis_summary[-1], flush=True)
 
@@ -325,7 +325,7 @@ async def _redis_after(args: argparse.Namespace, big: _Target, out: _Outcome) ->
     dedupe = await _sample_keys(args.redis, f"{big.prefix}{{card:*}}:d:*", args.redis_sample)
     rows = []
     for kind, sizes, what in (
-        ("policy hash `{card:<id>}:p`", policy, "one per card, cached up front"),
+        ("cached card `{card:<id>}:pol` (JSON)", policy, "one per card, cached up front"),
         ("velocity hash `{card:<id>}:v`", velocity,
          "one per card with recent activity (1 h and 1 d buckets)"),
         ("dedupe key `{card:<id>}:d:...`", dedupe,

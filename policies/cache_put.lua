@@ -1,12 +1,16 @@
 -- Replaces a card's cached policy only with a newer version, so a slow writer holding an old
--- version (a read-through after a cache miss) can never undo a freeze written meanwhile. A hash
--- without the field this writer stores (ARGV[2]: an entry in an earlier format) is replaced
--- whatever its version, so an upgraded server's first miss on a card rewrites its entry.
--- KEYS[1] policy hash; ARGV[1] version; ARGV[2..] field, value, field, value, ...
-local cached = redis.call('HMGET', KEYS[1], 'v', ARGV[2])
-if cached[1] and cached[2] and tonumber(cached[1]) >= tonumber(ARGV[1]) then
-    return 0
+-- version (a read-through after a cache miss) can never undo a freeze written meanwhile.
+-- KEYS[1] the cached card (a JSON string with its version in "v")  KEYS[2] where earlier versions
+-- kept it (a hash): deleted, so an upgrade leaves nothing behind
+-- ARGV[1] version  ARGV[2] the card as JSON (policies/cache.py encode_snapshot)
+local cached = redis.call('GET', KEYS[1])
+if cached then
+    local ok, card = pcall(cjson.decode, cached)
+    if ok and type(card) == 'table' and tonumber(card.v)
+        and tonumber(card.v) >= tonumber(ARGV[1]) then
+        return 0
+    end
 end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'v', ARGV[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('DEL', KEYS[2])
 return 1

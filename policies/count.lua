@@ -1,10 +1,10 @@
 -- Counts, after the fact, an approval that was decided without Redis (stand-in), so velocity
 -- limits see it once Redis is back. Buckets are those of the decision's own time; a bucket that
 -- has already left every window is not recreated.
--- KEYS[1] policy hash  KEYS[2] velocity hash
+-- KEYS[1] cached card (JSON)  KEYS[2] velocity hash
 -- ARGV: 1 decision time (unix s)  2 amount  3 count delta  4 now (unix s)
 -- Returns 'miss' (no cached policy: load it and call again) or the number of buckets touched.
-local cached = redis.call('HGET', KEYS[1], 'j')
+local cached = redis.call('GET', KEYS[1])
 if not cached then return 'miss' end
 local pol = cjson.decode(cached)
 local spec = pol.w

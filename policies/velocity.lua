@@ -2,9 +2,9 @@
 -- windows, then (only if every check passes) the counter increments. One EVALSHA per decision;
 -- every key carries the card's hash tag, so it runs unchanged on Redis Cluster.
 --
--- KEYS[1] policy hash   <prefix>{card:<id>}:p   fields v (card version, cache_put.lua's guard)
---                       and j (the policy as JSON, policies/cache.py encode_snapshot: decoded
---                       in C by cjson, numbers already numbers, windows already split)
+-- KEYS[1] cached card   <prefix>{card:<id>}:pol  the card and its policy as JSON (written by
+--                       cache_put.lua, policies/cache.py encode_snapshot): decoded in C by
+--                       cjson, numbers already numbers, windows already split
 -- KEYS[2] velocity hash <prefix>{card:<id>}:v   fields <unit><bucket index><c|a> (count, amount)
 -- KEYS[3] dedupe key    <prefix>{card:<id>}:d:<provider>:<provider id>:<sequence>
 -- ARGV: 1 now (unix s, from the server, never the Redis clock)  2 amount (minor units)
@@ -21,7 +21,7 @@ if prev then
     return {'dup', prev}
 end
 
-local cached = redis.call('HGET', KEYS[1], 'j')
+local cached = redis.call('GET', KEYS[1])
 if not cached then
     return {'miss'}
 end
@@ -61,7 +61,7 @@ elseif pol.max and amount > pol.max then
     reason = 'amount_limit_exceeded'
 end
 
--- velocity windows: [unit, buckets, max amount or -1, max count or -1, label as JSON]
+-- velocity windows: [unit, buckets, max amount or -1, max count or -1, label]
 local windows, retention, current = {}, {}, {}
 local spec = pol.w
 if spec then
@@ -131,8 +131,8 @@ local counters = {}
 local amount_hit, count_hit = false, false
 local fmt = string.format
 for i, w in ipairs(windows) do
-    -- the label is stored JSON-encoded (encode_snapshot), so this is the JSON of the counters
-    counters[i] = fmt('[%s,%d,%d]', w.label, w.a, w.c)
+    -- a label is digits and a unit letter (VelocityWindow.parse): no escapes needed
+    counters[i] = fmt('["%s",%d,%d]', w.label, w.a, w.c)
     if w.ma >= 0 and w.a + amount > w.ma then amount_hit = true end
     if w.mc >= 0 and count_delta > 0 and w.c + count_delta > w.mc then count_hit = true end
 end

@@ -277,18 +277,20 @@ async def test_velocity_buckets_hold_what_was_counted(api: Api, server: Server,
 
 
 async def test_a_cache_entry_in_an_earlier_format_is_replaced(api: Api, server: Server) -> None:
-    """A policy hash written by an earlier version (one field per rule, no ``j``) reads as a
-    miss, and the read-through replaces it even though its version is not older."""
+    """A card cached by an earlier version (a hash of one field per rule, under ``:p``) is not
+    read: the first authorisation reads the card through, caches it as JSON and deletes the old
+    hash, so an upgrade leaves nothing behind."""
     acct = await api.account("GBP", funds=10_000)
     card = await api.card(acct, {"max_amount": 500})
     cache, redis = server.app[CACHE], server.app[REDIS]
-    key = cache.policy_key(card)
-    await redis.delete(key)
-    await redis.hset(key, mapping={"v": "99", "s": "active", "cur": "GBP", "pv": "1"})
+    await redis.delete(cache.policy_key(card))
+    old = cache.old_policy_key(card)
+    await redis.hset(old, mapping={"v": "99", "s": "active", "cur": "GBP", "pv": "1"})
     r = await api.authorize(card, 600)
     assert r.body["reason"] == "amount_limit_exceeded"  # the card's own rule, read through
-    cached = await redis.hgetall(key)
-    assert set(cached) == {"v", "j"} and orjson.loads(cached["j"])["max"] == 500
+    cached = await redis.get(cache.policy_key(card))
+    assert cached is not None and orjson.loads(cached)["max"] == 500
+    assert await redis.exists(old) == 0
 
 
 async def test_a_card_gone_again_after_loading_is_decided_as_a_stand_in(
