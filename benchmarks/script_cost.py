@@ -61,14 +61,16 @@ def _requests(start: int, n: int, cards: int) -> list[AuthorizationRequest]:
     return out
 
 
-async def _decide(url: str, source: str, first: int, n: int, cards: int) -> Counter[str]:
-    """``n`` decisions with ``source`` as the decision script; the verdicts' kinds."""
+async def _decide(url: str, source: str, first: int, n: int, cards: int,
+                  now: int | None = None) -> Counter[str]:
+    """``n`` decisions with ``source`` as the decision script, at ``now`` (default: the
+    clock's); the verdicts' kinds."""
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
         cache = PolicyCache(client, _PREFIX, 3_600)
         cache._sources["velocity"] = source  # the script under test
         await cache.load_scripts()
-        now = int(time.time())
+        now = int(time.time()) if now is None else now
         month = month_of(now)
         kinds: Counter[str] = Counter()
         for start in range(first, first + n, _GROUP):
@@ -116,6 +118,10 @@ async def _cost(name: str, source: str, args: argparse.Namespace, workdir: Path)
             await asyncio.sleep(0.1)
         await probe.aclose()
         await dataset.warm_cache(url, _PREFIX, 3_600, args.cards)
+        now = int(time.time())
+        for minute in range(args.minutes, 0, -1):  # history: one decision per card a minute
+            await _decide(url, source, -(minute * args.cards), args.cards, args.cards,
+                          now - minute * 60)
         await _decide(url, source, 0, args.warmup, args.cards)
         await _control("-z", server.pid)
         kinds = await _decide(url, source, args.warmup, args.decisions, args.cards)
@@ -151,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--decisions", type=int, default=1_000)
     parser.add_argument("--warmup", type=int, default=500)
     parser.add_argument("--cards", type=int, default=1_000)
+    parser.add_argument("--minutes", type=int, default=0,
+                        help="give every card a decision in each of the last N minutes first, "
+                             "so its velocity hash holds 2N+ buckets, as a busy card's does")
     parser.add_argument("--against", nargs="*", default=[],
                         help="other versions of velocity.lua to count side by side")
     args = parser.parse_args(argv)
