@@ -37,7 +37,7 @@ from authz.hotpath import month_of
 from benchmarks import dataset
 from benchmarks.servers import free_port
 from benchmarks.traffic import profile
-from policies.cache import PolicyCache
+from policies.cache import PolicyCache, with_buckets
 from policies.model import AuthorizationRequest
 
 __all__ = ["main"]
@@ -68,7 +68,7 @@ async def _decide(url: str, source: str, first: int, n: int, cards: int,
     client = aioredis.Redis.from_url(url, decode_responses=True)
     try:
         cache = PolicyCache(client, _PREFIX, 3_600)
-        cache._sources["velocity"] = source  # the script under test
+        cache._sources["velocity"] = with_buckets(source)  # the script under test
         await cache.load_scripts()
         now = int(time.time()) if now is None else now
         month = month_of(now)

@@ -20,7 +20,7 @@ from policies.model import AuthorizationRequest, Reason
 from policies.resp import PipelinedRedis
 from policies.store import CardSnapshot
 
-__all__ = ["PolicyCache", "RedisClient", "Verdict", "encode_snapshot"]
+__all__ = ["PolicyCache", "RedisClient", "Verdict", "encode_snapshot", "with_buckets"]
 
 # A single Redis or a Redis Cluster: on a cluster, SCRIPT LOAD goes to every primary and EVALSHA
 # to the primary owning its first key's slot.
@@ -29,6 +29,12 @@ RedisClient = aioredis.Redis | aioredis.RedisCluster
 
 def _script(name: str) -> str:
     return (resources.files("policies") / name).read_text()
+
+
+def with_buckets(source: str) -> str:
+    """A script that reads or writes velocity buckets, with buckets.lua's functions in front
+    (Redis scripts cannot load one another)."""
+    return _script("buckets.lua") + source
 
 
 def encode_snapshot(card: CardSnapshot) -> str:
@@ -94,10 +100,10 @@ class PolicyCache:
         self._prefix = prefix
         self._dedupe_ttl = str(dedupe_ttl_s)
         self._sources = {
-            "velocity": _script("velocity.lua"),
-            "release": _script("release.lua"),
+            "velocity": with_buckets(_script("velocity.lua")),
+            "release": with_buckets(_script("release.lua")),
             "put": _script("cache_put.lua"),
-            "count": _script("count.lua"),
+            "count": with_buckets(_script("count.lua")),
         }
         self._sha: dict[str, str] = {}
 
@@ -180,15 +186,13 @@ class PolicyCache:
 
     async def release(self, card_id: str, buckets: str, amount_minor: int, count: int) -> int:
         """Subtract a counted amount (and count) from the buckets that still exist."""
+        if not amount_minor and not count:
+            return 0
         args: list[str] = []
         for bucket in buckets.split(","):
-            if not bucket:
-                continue
-            unit, _, idx = bucket.partition(":")
-            if amount_minor:
-                args += [f"{unit}{idx}a", str(amount_minor)]
-            if count:
-                args += [f"{unit}{idx}c", str(count)]
+            if bucket:
+                unit, _, idx = bucket.partition(":")
+                args += [unit, idx, str(amount_minor), str(count)]
         if not args:
             return 0
         changed = await self._run("release", [self.velocity_key(card_id)], args)

@@ -1,7 +1,7 @@
 -- Counts, after the fact, an approval that was decided without Redis (stand-in), so velocity
 -- limits see it once Redis is back. Buckets are those of the decision's own time; a bucket that
 -- has already left every window is not recreated.
--- KEYS[1] cached card (JSON)  KEYS[2] velocity hash
+-- KEYS[1] cached card (JSON)  KEYS[2] velocity hash (buckets.lua, in front of this script)
 -- ARGV: 1 decision time (unix s)  2 amount  3 count delta  4 now (unix s)
 -- Returns 'miss' (no cached policy: load it and call again) or the number of buckets touched.
 local cached = redis.call('GET', KEYS[1])
@@ -21,14 +21,12 @@ local touched = 0
 for unit, keep in pairs(retention) do
     local shift = 0
     if unit == 'd' then shift = offset end
-    local idx = math.floor((at + shift) / size[unit])
+    local index = math.floor((at + shift) / size[unit])
     local current = math.floor((now + shift) / size[unit])
-    if idx >= current - keep then
-        local base = unit .. string.format('%d', idx)
-        if tonumber(ARGV[3]) > 0 then
-            redis.call('HINCRBY', KEYS[2], base .. 'c', ARGV[3])
-        end
-        redis.call('HINCRBY', KEYS[2], base .. 'a', ARGV[2])
+    if index >= current - keep then
+        local flat = unpack_buckets(redis.call('HGET', KEYS[2], unit) or '')
+        add_to_bucket(flat, index, tonumber(ARGV[3]), tonumber(ARGV[2]))
+        redis.call('HSET', KEYS[2], unit, pack_buckets(flat, 1))
         touched = touched + 1
     end
 end

@@ -5,7 +5,9 @@
 -- KEYS[1] cached card   <prefix>{card:<id>}:pol  the card and its policy as JSON (written by
 --                       cache_put.lua, policies/cache.py encode_snapshot): decoded in C by
 --                       cjson, numbers already numbers, windows already split
--- KEYS[2] velocity hash <prefix>{card:<id>}:v   fields <unit><bucket index><c|a> (count, amount)
+-- KEYS[2] velocity hash <prefix>{card:<id>}:v   one field per unit, its buckets packed
+--                       (buckets.lua, in front of this script); fields of the earlier format,
+--                       <unit><bucket index><c|a>, are merged in and deleted on an approval
 -- KEYS[3] dedupe key    <prefix>{card:<id>}:d:<provider>:<provider id>:<sequence>
 -- ARGV: 1 now (unix s, from the server, never the Redis clock)  2 amount (minor units)
 --       3 currency  4 mcc  5 country  6 channel  7 merchant id  8 request hash
@@ -80,8 +82,9 @@ if retention['m'] then current['m'] = math.floor(now / 60) end
 if retention['h'] then current['h'] = math.floor(now / 3600) end
 if retention['d'] then current['d'] = math.floor((now + (pol.tz or 0) * 60) / 86400) end
 
-local stale = {}
-local held = {} -- the current buckets' values, by field (the writes below add to them)
+local stale = {}      -- fields to delete: units no window uses, the earlier format's fields
+local buckets_of = {} -- per unit in use, its buckets (a flat array, oldest first)
+local keep_from = {}  -- per unit, the first bucket (1-based) still within every window
 if nw > 0 then
     -- the lowest bucket each window counts: sliding windows include their oldest, partly
     -- expired bucket; calendar days count today and the n-1 days before
@@ -91,27 +94,55 @@ if nw > 0 then
         if w[1] == 'd' then lowest = lowest + 1 end
         w[6], w[7], w[8] = 0, 0, lowest
     end
-    -- one pass over the buckets (a busy card has ~120 fields for a 60-minute window: this loop
-    -- is most of the script's time, so it makes no substring it does not need)
-    local sub, byte = string.sub, string.byte
     local v = redis.call('HGETALL', KEYS[2])
+    local legacy = nil
     for i = 1, #v, 2 do
         local field = v[i]
-        local unit = sub(field, 1, 1)
-        local idx = tonumber(sub(field, 2, -2))
-        local cur = current[unit]
-        if cur == nil or idx == nil or idx < cur - retention[unit] then
-            stale[#stale + 1] = field
+        if current[field] ~= nil then
+            buckets_of[field] = unpack_buckets(v[i + 1])
         else
-            local value = tonumber(v[i + 1])
-            if idx == cur then held[field] = value end
-            local slot = 7 -- count
-            if byte(field, -1) == 97 then slot = 6 end -- 'a': amount
-            for j = 1, nw do
-                local w = windows[j]
-                if w[1] == unit and idx >= w[8] then w[slot] = w[slot] + value end
+            stale[#stale + 1] = field
+            if #field > 1 then
+                -- the earlier format, one field per bucket and kind: '<unit><index><c|a>'
+                local unit = string.sub(field, 1, 1)
+                local index = tonumber(string.sub(field, 2, -2))
+                local value = tonumber(v[i + 1])
+                if current[unit] ~= nil and index ~= nil and value ~= nil then
+                    legacy = legacy or {}
+                    if string.byte(field, -1) == 97 then -- 'a'
+                        legacy[#legacy + 1] = {unit, index, 0, value}
+                    else
+                        legacy[#legacy + 1] = {unit, index, value, 0}
+                    end
+                end
             end
         end
+    end
+    for unit in pairs(current) do
+        if buckets_of[unit] == nil then buckets_of[unit] = {} end
+    end
+    if legacy ~= nil then
+        for _, l in ipairs(legacy) do add_to_bucket(buckets_of[l[1]], l[2], l[3], l[4]) end
+    end
+    -- one pass over each unit's buckets, numbers already
+    for unit, flat in pairs(buckets_of) do
+        local oldest = current[unit] - retention[unit]
+        local from = nil
+        for i = 1, #flat, 3 do
+            local index = flat[i]
+            if index >= oldest then
+                if from == nil then from = (i + 2) / 3 end
+                local c, a = flat[i + 1], flat[i + 2]
+                for j = 1, nw do
+                    local w = windows[j]
+                    if w[1] == unit and index >= w[8] then
+                        w[6] = w[6] + a
+                        w[7] = w[7] + c
+                    end
+                end
+            end
+        end
+        keep_from[unit] = from or (#flat / 3 + 1)
     end
 else
     redis.call('DEL', KEYS[2])
@@ -138,23 +169,17 @@ if reason ~= nil then
     return {'decline', reason, version, seen}
 end
 
--- the current buckets' new values in one HSET (the script is atomic: the values read above are
--- still the stored ones, so this is the HINCRBY of each, in one command)
+-- each unit's buckets with this request added to the current one and those past every window
+-- dropped, in one HSET (the script is atomic: what it read is still what is stored)
 local buckets, fields = {}, {}
 for _, unit in ipairs({'m', 'h', 'd'}) do
     local cur = current[unit]
     if cur ~= nil then
-        local idx = fmt('%d', cur)
-        local base = unit .. idx
-        if count_delta > 0 then
-            local f = base .. 'c'
-            fields[#fields + 1] = f
-            fields[#fields + 1] = fmt('%d', (held[f] or 0) + count_delta)
-        end
-        local f = base .. 'a'
-        fields[#fields + 1] = f
-        fields[#fields + 1] = fmt('%d', (held[f] or 0) + amount)
-        buckets[#buckets + 1] = unit .. ':' .. idx
+        local flat = buckets_of[unit]
+        add_to_bucket(flat, cur, count_delta, amount)
+        fields[#fields + 1] = unit
+        fields[#fields + 1] = pack_buckets(flat, keep_from[unit])
+        buckets[#buckets + 1] = unit .. ':' .. fmt('%d', cur)
     end
 end
 if #fields > 0 then

@@ -3,10 +3,11 @@ authenticates like an operator."""
 
 from __future__ import annotations
 
+import struct
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -45,6 +46,27 @@ class FakeClock:
     def reset(self) -> None:
         self._offset = 0.0
         self._fixed = None
+
+
+async def stored_buckets(server: Server, card_id: str) -> dict[str, list[tuple[int, int, int]]]:
+    """A card's velocity counters as stored: per unit, (bucket index, count, amount) oldest
+    first, read from the packed fields (policies/buckets.lua) over a connection of its own that
+    does not decode replies as text."""
+    import redis.asyncio as aioredis
+
+    from authz.app import CACHE, SETTINGS
+
+    client = aioredis.Redis.from_url(server.app[SETTINGS].redis_url)
+    try:
+        fields = cast(dict[bytes, bytes],
+                      await client.hgetall(server.app[CACHE].velocity_key(card_id)))
+    finally:
+        await client.aclose()
+    out = {}
+    for unit, packed in fields.items():
+        out[unit.decode()] = [(int(i), int(c), int(a))
+                              for i, c, a in struct.iter_unpack("<iid", packed)]
+    return out
 
 
 def uid(prefix: str) -> str:

@@ -24,7 +24,7 @@ class Footprint:
     authorizations: int
     holds: int
     events: int
-    velocity_keys: int
+    velocity: dict[bytes | str, bytes | str]
 
 
 async def footprint(db: asyncpg.Pool, redis: aioredis.Redis, settings: Settings, card: str
@@ -35,8 +35,13 @@ async def footprint(db: asyncpg.Pool, redis: aioredis.Redis, settings: Settings,
         " (SELECT count(*) FROM inbox_events) AS e"
     )
     assert row is not None
-    velocity = await redis.hgetall(f"{settings.redis_prefix}{{card:{card}}}:v")
-    return Footprint(row["d"], row["a"], row["h"], row["e"], len(velocity))
+    # the card's velocity counters as stored (packed bytes: read without decoding)
+    raw = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        velocity = await raw.hgetall(f"{settings.redis_prefix}{{card:{card}}}:v")
+    finally:
+        await raw.aclose()
+    return Footprint(row["d"], row["a"], row["h"], row["e"], velocity)
 
 
 @dataclass

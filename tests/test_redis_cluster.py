@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from authz.app import CACHE, make_app
 from authz.settings import Settings
-from policies.cache import PolicyCache
+from policies.cache import PolicyCache, with_buckets
 from tests.conftest import TOKENS, WEBHOOK_SECRET
 from tests.support import Api, FakeClock, auth_body, uid
 
@@ -200,8 +200,12 @@ async def rig(cluster: Cluster, settings: Settings, clock: FakeClock) -> AsyncIt
 
 
 def script_shas() -> list[str]:
-    return [hashlib.sha1((resources.files("policies") / name).read_bytes(),
-                         usedforsecurity=False).hexdigest() for name in SCRIPTS]
+    """The scripts as the cache loads them (those that touch velocity with buckets.lua in
+    front)."""
+    sources = [(resources.files("policies") / name).read_text() for name in SCRIPTS]
+    return [hashlib.sha1((s if name == "cache_put.lua" else with_buckets(s)).encode(),
+                         usedforsecurity=False).hexdigest()
+            for name, s in zip(SCRIPTS, sources, strict=True)]
 
 
 # -- the key schema ---------------------------------------------------------------------------
