@@ -1,11 +1,15 @@
 """Prometheus metrics. One registry per app (tests build many apps in one process); label
-children are bound once and cached, so the hot path pays one dict lookup per metric."""
+children are bound once and cached, so the hot path pays one dict lookup per metric. The four
+updated on every authorisation (decision latency, decisions by reason, Redis and PostgreSQL call
+latency) are authz/fastmetrics.py's: the same series, a fraction of the cost."""
 
 from __future__ import annotations
 
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from authz.fastmetrics import CounterChild, FastCounter, FastHistogram, HistogramChild
 
 __all__ = ["Metrics"]
 
@@ -21,22 +25,19 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.decision_seconds = Histogram(
+        self.decision_seconds = FastHistogram(
             "holdfast_decision_seconds", "Authorisation decision latency, request in to answer out",
-            ["provider", "decision"], buckets=_LATENCY_BUCKETS, registry=r,
+            ["provider", "decision"], _LATENCY_BUCKETS,
         )
-        self.decisions = Counter(
-            "holdfast_decisions_total", "Authorisation decisions by reason",
-            ["provider", "reason"], registry=r,
-        )
-        self.redis_seconds = Histogram(
-            "holdfast_redis_call_seconds", "Redis call latency", ["op"],
-            buckets=_CALL_BUCKETS, registry=r,
-        )
-        self.postgres_seconds = Histogram(
-            "holdfast_postgres_call_seconds", "PostgreSQL call latency", ["op"],
-            buckets=_CALL_BUCKETS, registry=r,
-        )
+        self.decisions = FastCounter(
+            "holdfast_decisions", "Authorisation decisions by reason", ["provider", "reason"])
+        self.redis_seconds = FastHistogram(
+            "holdfast_redis_call_seconds", "Redis call latency", ["op"], _CALL_BUCKETS)
+        self.postgres_seconds = FastHistogram(
+            "holdfast_postgres_call_seconds", "PostgreSQL call latency", ["op"], _CALL_BUCKETS)
+        for collector in (self.decision_seconds, self.decisions, self.redis_seconds,
+                          self.postgres_seconds):
+            r.register(collector)
         self.pg_batch_size = Histogram(
             "holdfast_pg_batch_size", "Authorisations decided per ledger call (group commit)",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r,
@@ -108,10 +109,10 @@ class Metrics:
         self.sweep_lag = Gauge(
             "holdfast_sweep_lag_seconds", "How long the oldest hold past its window has waited",
             registry=r)
-        self._decision: dict[tuple[str, str], Histogram] = {}
-        self._reason: dict[tuple[str, str], Counter] = {}
-        self._redis: dict[str, Histogram] = {}
-        self._postgres: dict[str, Histogram] = {}
+        self._decision: dict[tuple[str, str], HistogramChild] = {}
+        self._reason: dict[tuple[str, str], CounterChild] = {}
+        self._redis: dict[str, HistogramChild] = {}
+        self._postgres: dict[str, HistogramChild] = {}
 
     def observe_decision(self, provider: str, approved: bool, reason: str, seconds: float) -> None:
         decision = "approve" if approved else "decline"
