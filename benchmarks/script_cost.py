@@ -10,9 +10,15 @@ answering) -- it starts a throwaway ``redis-server`` under valgrind's callgrind 
 port, caches the benchmark's card policies (``benchmarks.traffic``, written by the real
 ``PolicyCache.put``), sends warm-up decisions, zeroes the counters, sends ``--decisions`` fresh
 decisions through ``PolicyCache.check`` in concurrent groups of 50 (as the server pipelines
-them), dumps the counters and prints Redis's instructions per decision. Needs ``valgrind``
-(with ``callgrind_control``) and ``redis-server`` on the PATH; takes about 20 s a script. Nothing
-is written and nothing is left behind.
+them), dumps the counters and prints Redis's instructions per decision. Every script runs with
+``policies/buckets.lua`` in front, as the cache loads it (a version that does not use it only
+pays for defining its functions). The cached cards are in the current format: an ``--against``
+version must read that format (or it only ever answers a miss). With ``--minutes N`` every card
+first gets a decision in each of the last N minutes, so its velocity hash holds a busy card's
+buckets (where the run falls against minute boundaries moves that figure by a few per cent:
+compare side by side). Needs ``valgrind`` (with ``callgrind_control``) and ``redis-server`` on
+the PATH; about 10 s a script, 30 s with ``--minutes 30``. Nothing is written and nothing is left
+behind.
 """
 
 from __future__ import annotations
