@@ -15,7 +15,8 @@ observation apart, never a torn number.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -38,25 +39,37 @@ class HistogramChild:
         self.sum += value
 
 
-class FastHistogram(Collector):
+C = TypeVar("C")
+
+
+class _Family(Collector, Generic[C]):
+    """A metric's children by label values, made by ``new_child`` on first use."""
+
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
-                 buckets: Sequence[float]) -> None:
+                 new_child: Callable[[], C]) -> None:
         self._name = name
         self._documentation = documentation
         self._labelnames = tuple(labelnames)
-        self._bounds = tuple(sorted(float(b) for b in buckets))
-        # the le labels exactly as prometheus_client writes them
-        self._les = [str(floatToGoString(b)) for b in self._bounds]  # type: ignore[no-untyped-call]
-        self._les.append("+Inf")
-        self._children: dict[tuple[str, ...], HistogramChild] = {}
+        self._new_child = new_child
+        self._children: dict[tuple[str, ...], C] = {}
 
-    def labels(self, *values: str) -> HistogramChild:
+    def labels(self, *values: str) -> C:
         if len(values) != len(self._labelnames):
             raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = HistogramChild(self._bounds)
+            child = self._children[values] = self._new_child()
         return child
+
+
+class FastHistogram(_Family[HistogramChild]):
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float]) -> None:
+        bounds = tuple(sorted(float(b) for b in buckets))
+        super().__init__(name, documentation, labelnames, lambda: HistogramChild(bounds))
+        # the le labels exactly as prometheus_client writes them
+        self._les = [str(floatToGoString(b)) for b in bounds]  # type: ignore[no-untyped-call]
+        self._les.append("+Inf")
 
     def collect(self) -> Iterator[HistogramMetricFamily]:
         family = HistogramMetricFamily(self._name, self._documentation,
@@ -83,22 +96,11 @@ class CounterChild:
         self.value += amount
 
 
-class FastCounter(Collector):
+class FastCounter(_Family[CounterChild]):
     """``name`` without ``_total``; the samples are ``<name>_total``."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
-        self._name = name
-        self._documentation = documentation
-        self._labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], CounterChild] = {}
-
-    def labels(self, *values: str) -> CounterChild:
-        if len(values) != len(self._labelnames):
-            raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values}")
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = CounterChild()
-        return child
+        super().__init__(name, documentation, labelnames, CounterChild)
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
