@@ -26,8 +26,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import re
-import shutil
 import sys
 import tempfile
 import time
@@ -40,7 +38,7 @@ from typing import Final
 import redis.asyncio as aioredis
 
 from authz.hotpath import month_of
-from benchmarks import dataset
+from benchmarks import callgrind, dataset
 from benchmarks.servers import free_port
 from benchmarks.traffic import profile
 from policies.cache import PolicyCache, with_buckets
@@ -51,7 +49,6 @@ __all__ = ["main"]
 _PREFIX: Final = "hfcost:"
 _GROUP: Final = 50  # decisions sent together
 _TRIVIAL: Final = "return {'miss'}\n"
-_SUMMARY: Final = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
 
 def _requests(start: int, n: int, cards: int) -> list[AuthorizationRequest]:
@@ -88,25 +85,6 @@ async def _decide(url: str, source: str, first: int, n: int, cards: int,
         await client.aclose()
 
 
-def _per_decision(workdir: Path, port: int, decisions: int) -> int:
-    """Instructions per decision in callgrind's latest dump of the server on ``port``."""
-    dumps = sorted(workdir.glob(f"callgrind.{port}.*"), key=lambda p: p.stat().st_mtime)
-    if not dumps:
-        raise RuntimeError("callgrind wrote no dump")
-    found = _SUMMARY.search(dumps[-1].read_text(errors="replace"))
-    if found is None:
-        raise RuntimeError(f"no summary line in {dumps[-1].name}")
-    return int(found.group(1)) // decisions
-
-
-async def _control(action: str, pid: int) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "callgrind_control", action, str(pid),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-    if await proc.wait() != 0:
-        raise RuntimeError(f"callgrind_control {action} failed")
-
-
 async def _cost(name: str, source: str, args: argparse.Namespace, workdir: Path) -> int:
     port = free_port()
     server = await asyncio.create_subprocess_exec(
@@ -129,10 +107,10 @@ async def _cost(name: str, source: str, args: argparse.Namespace, workdir: Path)
             await _decide(url, source, -(minute * args.cards), args.cards, args.cards,
                           now - minute * 60)
         await _decide(url, source, 0, args.warmup, args.cards)
-        await _control("-z", server.pid)
+        await callgrind.control(server.pid, "-z")
         kinds = await _decide(url, source, args.warmup, args.decisions, args.cards)
-        await _control("-d", server.pid)
-        per = _per_decision(workdir, port, args.decisions)
+        await callgrind.control(server.pid, "-d")
+        per = callgrind.total(workdir / f"callgrind.{port}") // int(args.decisions)
         verdicts = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
         print(f"| {name} | {per:,} | {verdicts} |", flush=True)
         return per
@@ -169,10 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--against", nargs="*", default=[],
                         help="other versions of velocity.lua to count side by side")
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("valgrind", "callgrind_control", "redis-server")
-               if shutil.which(tool) is None]
-    if missing:
-        print(f"needs {', '.join(missing)} on the PATH", file=sys.stderr)
+    if callgrind.missing_tools(("valgrind", "callgrind_control", "redis-server")):
         return 2
     current = Path(__file__).parent.parent / "policies" / "velocity.lua"
     scripts = [("policies/velocity.lua", current.read_text())]

@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Final
 
 import orjson
 
-from benchmarks import harness
+from benchmarks import callgrind, harness
 from benchmarks.servers import free_port
 from benchmarks.traffic import build_bodies, frame_requests
 
@@ -48,7 +47,6 @@ __all__ = ["main"]
 
 _ROOT: Final = Path(__file__).resolve().parent.parent
 _SECRET: Final = "server-cost-secret"  # noqa: S105 (a throwaway server's)
-_SUMMARY: Final = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 _BATCH: Final = re.compile(r"^holdfast_pg_batch_size_(sum|count) ([0-9.e+]+)$", re.MULTILINE)
 _READY_S: Final = 180.0  # start-up under valgrind is slow
 # callgrind slows the server ~50x: no deadline may fire and no periodic job may run
@@ -162,14 +160,14 @@ async def _cost(name: str, tree: Path, args: argparse.Namespace, workdir: Path) 
                                 now_s=int(time.time()))
         await _drive(port, framed[:args.warmup], args.connections)
         sum0, count0 = await _batches(port)
-        await _callgrind("-i", "on", server.pid)
+        await callgrind.control(server.pid, "-i", "on")
         started = time.perf_counter()
         tally = await _drive(port, framed[args.warmup:], args.connections)
         wall = time.perf_counter() - started
-        await _callgrind("-d", None, server.pid)
-        await _callgrind("-i", "off", server.pid)
+        await callgrind.control(server.pid, "-d")
+        await callgrind.control(server.pid, "-i", "off")
         sum1, count1 = await _batches(port)
-        total = _summary(workdir, port)
+        total = callgrind.total(out_file)
         batches = count1 - count0
         return Cost(name, total // args.requests,
                     (sum1 - sum0) / batches if batches else 0.0, tally, wall)
@@ -181,20 +179,6 @@ async def _cost(name: str, tree: Path, args: argparse.Namespace, workdir: Path) 
             server.kill()
             await server.wait()
         await _command([*scratch, "drop", db, *common], tree)
-
-
-def _summary(workdir: Path, port: int) -> int:
-    """The instruction total of callgrind's latest dump of the server on ``port``."""
-    dumps = sorted(workdir.glob(f"callgrind.{port}*"), key=lambda p: p.stat().st_mtime)
-    found = _SUMMARY.search(dumps[-1].read_text(errors="replace")) if dumps else None
-    if found is None:
-        raise RuntimeError("callgrind wrote no summary")
-    return int(found.group(1))
-
-
-async def _callgrind(option: str, value: str | None, pid: int) -> None:
-    argv = ["callgrind_control", option] + ([value] if value else []) + [str(pid)]
-    await _command(argv, _ROOT)
 
 
 @contextlib.contextmanager
@@ -249,10 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--redis", default=os.environ.get(
         "HOLDFAST_REDIS_URL", "redis://127.0.0.1:6379/0"))
     args = parser.parse_args(argv)
-    missing = [tool for tool in ("valgrind", "callgrind_control", "git")
-               if shutil.which(tool) is None]
-    if missing:
-        print(f"needs {', '.join(missing)} on the PATH", file=sys.stderr)
+    if callgrind.missing_tools(("valgrind", "callgrind_control", "git")):
         return 2
     return asyncio.run(_run(args))
 
