@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-__all__ = ["control", "missing_tools", "total"]
+__all__ = ["control", "latest_dump", "missing_tools", "total"]
 
 _SUMMARY: Final = re.compile(r"^summary:\s*(\d+)", re.MULTILINE)
 
@@ -33,11 +33,17 @@ async def control(pid: int, *options: str) -> None:
         raise RuntimeError(f"callgrind_control {' '.join(options)} failed")
 
 
-def total(out_file: Path) -> int:
-    """The instruction total of the latest dump written for ``--callgrind-out-file=out_file``
-    (callgrind adds ``.<n>`` per dump)."""
+def latest_dump(out_file: Path) -> Path | None:
+    """The latest dump written for ``--callgrind-out-file=out_file`` (callgrind adds ``.<n>``
+    per dump)."""
     dumps = sorted(out_file.parent.glob(f"{out_file.name}*"), key=lambda p: p.stat().st_mtime)
-    found = _SUMMARY.search(dumps[-1].read_text(errors="replace")) if dumps else None
+    return dumps[-1] if dumps else None
+
+
+def total(out_file: Path) -> int:
+    """The instruction total of the latest dump written for ``--callgrind-out-file=out_file``."""
+    dump = latest_dump(out_file)
+    found = _SUMMARY.search(dump.read_text(errors="replace")) if dump is not None else None
     if found is None:
         raise RuntimeError(f"callgrind wrote no summary for {out_file.name}")
     return int(found.group(1))

@@ -168,6 +168,13 @@ async def _cost(name: str, tree: Path, args: argparse.Namespace, workdir: Path) 
         await callgrind.control(server.pid, "-i", "off")
         sum1, count1 = await _batches(port)
         total = callgrind.total(out_file)
+        dump = callgrind.latest_dump(out_file)
+        if args.keep is not None and dump is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            kept = args.keep / f"callgrind.{re.sub(r'[^A-Za-z0-9]+', '-', name)}"
+            dump.replace(kept)
+            print(f"<!-- profile kept: {kept} (callgrind_annotate --inclusive=yes) -->",
+                  flush=True)
         batches = count1 - count0
         return Cost(name, total // args.requests,
                     (sum1 - sum0) / batches if batches else 0.0, tally, wall)
@@ -228,6 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch-max", type=int, default=8,
                         help="HOLDFAST_PG_BATCH_MAX of the servers under test")
     parser.add_argument("--against", nargs="*", default=[], help="commits to count beside")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each tree's callgrind output in this folder")
     parser.add_argument("--pg", default=os.environ.get(
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis", default=os.environ.get(

@@ -34,16 +34,18 @@ _AUTHORIZE = (
     "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
     "$21,$22,$23)"
 )
+# one array of records (migration 0016): asyncpg encodes a record's fields directly, while an
+# array of columns costs it a Python-level isinstance test per element and field
 _AUTHORIZE_BATCH = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted "
-    "FROM hf_authorize_batch($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,"
-    "$18,$19,$20,$21,$22,$23)"
+    "FROM hf_authorize_batch($1::hf_authorize_request[], $2)"
 )
 
 
 class AuthorizeItem(NamedTuple):
     """One authorisation request as the ledger takes it (``hf_authorize``'s arguments but the
-    stand-in cap, which is a server setting). A tuple, so a batch transposes into columns."""
+    stand-in cap, which is a server setting). A tuple: in a batch it is sent as it is, one
+    ``hf_authorize_request`` record (migration 0016), whose fields are these, in this order."""
 
     provider: str
     provider_id: str
@@ -113,9 +115,7 @@ async def authorize_many(
         if row is None:  # the function always returns one row
             raise RuntimeError("hf_authorize returned no row")
         return [_result(row)]
-    columns: list[Any] = [list(column) for column in zip(*items, strict=True)]
-    rows = await db.fetch(
-        _AUTHORIZE_BATCH, *columns[:21], stand_in_cap_minor, columns[21], timeout=timeout_s)
+    rows = await db.fetch(_AUTHORIZE_BATCH, items, stand_in_cap_minor, timeout=timeout_s)
     if len(rows) != len(items):
         raise RuntimeError(f"hf_authorize_batch answered {len(rows)} rows for {len(items)}")
     results: list[AuthorizeResult | None] = [None] * len(items)

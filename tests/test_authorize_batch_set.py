@@ -1,10 +1,12 @@
-"""hf_authorize_batch (migration 0015) decides a batch's new requests in memory and writes them
-with one statement per table, then its incrementals one by one; hf_authorize_batch_each (0007's
-loop of hf_authorize, in arrival order) is the reference. Random batches over accounts and cards
-of every kind the rules distinguish, incrementals among them, go through both against the same
-data (the reference's run rolled back, its batch in the order the set path decides: new requests
-first); the answers and every row they write must be the same. Then: the order an incremental is
-decided in, and two requests of one identity in one batch."""
+"""hf_authorize_batch (migrations 0015, 0016) decides a batch's new requests in memory and writes
+them with one statement per table, then its incrementals one by one; hf_authorize_batch_each
+(0007's loop of hf_authorize, in arrival order) is the reference. The server sends a batch as one
+array of hf_authorize_request records (0016); 0015's signature, an array per column, still answers
+(for a server of the previous release) and some batches go through it. Random batches over
+accounts and cards of every kind the rules distinguish, incrementals among them, go through both
+against the same data (the reference's run rolled back, its batch in the order the set path
+decides: new requests first); the answers and every row they write must be the same. Then: the
+order an incremental is decided in, and two requests of one identity in one batch."""
 
 from __future__ import annotations
 
@@ -20,10 +22,15 @@ from holds import ledger
 from holds.db import Conn
 from tests.support import Api, uid
 
-_CALL = (
+_COLUMNS_CALL = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
     " FROM {fn}($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,$18,$19,"
     "$20,$21,$22,$23)")
+_RECORDS_CALL = (
+    "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
+    " FROM hf_authorize_batch($1::hf_authorize_request[], $2)")
+_SET, _SET_BY_COLUMNS, _REFERENCE = (
+    "hf_authorize_batch", "hf_authorize_batch (columns)", "hf_authorize_batch_each")
 _CAP = 5_000
 _RULE_REASONS = [None] * 8 + ["not_permitted", "amount_limit_exceeded", "count_limit_exceeded",
                               "suspected_fraud"]
@@ -31,8 +38,12 @@ _RULE_REASONS = [None] * 8 + ["not_permitted", "amount_limit_exceeded", "count_l
 
 async def _call(conn: Conn, fn: str, items: Sequence[ledger.AuthorizeItem]
                 ) -> list[tuple[Any, ...]]:
-    columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
-    rows = await conn.fetch(_CALL.format(fn=fn), *columns[:21], _CAP, columns[21])
+    if fn == _SET:
+        rows = await conn.fetch(_RECORDS_CALL, items, _CAP)
+    else:  # 0015's signature of hf_authorize_batch, or the reference
+        columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
+        call = _COLUMNS_CALL.format(fn=fn.split(maxsplit=1)[0])
+        rows = await conn.fetch(call, *columns[:21], _CAP, columns[21])
     return [tuple(r) for r in rows]
 
 
@@ -59,19 +70,20 @@ async def _rows(conn: Conn, items: Sequence[ledger.AuthorizeItem],
 
 
 async def _both(conn: Conn, items: Sequence[ledger.AuthorizeItem],
-                accounts: Sequence[str]) -> list[tuple[Any, ...]]:
+                accounts: Sequence[str], via: str = _SET) -> list[tuple[Any, ...]]:
     """Run the batch through the reference (rolled back), then through hf_authorize_batch
-    (committed); assert the same answers and rows, and return the answers (in batch order)."""
+    (committed; ``via`` one of its two signatures); assert the same answers and rows, and return
+    the answers (in batch order)."""
     order = sorted(range(len(items)), key=lambda i: (items[i].parent_id is not None, i))
     tx = conn.transaction()
     await tx.start()
-    reordered = await _call(conn, "hf_authorize_batch_each", [items[i] for i in order])
+    reordered = await _call(conn, _REFERENCE, [items[i] for i in order])
     expected_rows = await _rows(conn, items, accounts)
     await tx.rollback()
     # the reference's answers under the batch's own positions
     expected = sorted((order[row[0] - 1] + 1, *row[1:]) for row in reordered)
     async with conn.transaction():
-        got = sorted(await _call(conn, "hf_authorize_batch", items))
+        got = sorted(await _call(conn, via, items))
         got_rows = await _rows(conn, items, accounts)
     assert got == expected
     assert got_rows == expected_rows
@@ -189,9 +201,10 @@ async def test_random_batches_decide_and_write_as_the_loop_does(
         reasons: set[str] = set()
         statuses: set[str] = set()
         raised: set[str] = set()  # the incrementals' answers
-        for size in [1, 2, 3, 5, 8, 13, 21, 34] * 3:
+        for n, size in enumerate([1, 2, 3, 5, 8, 13, 21, 34] * 3):
             items = world.batch(size)
-            answers = await _both(conn, items, world.accounts)
+            answers = await _both(conn, items, world.accounts,
+                                  via=_SET_BY_COLUMNS if n % 4 == 3 else _SET)
             reasons.update(a[5] for a in answers)
             statuses.update(a[1] for a in answers)
             raised.update(a[5] for i, a in zip(items, answers, strict=True) if i.parent_id)
@@ -279,7 +292,24 @@ async def test_two_requests_of_one_identity_in_a_batch_fail_it_and_write_nothing
         same_id = world.plain(card, 200, authorization_id=other.authorization_id)
         for batch in ([one, other, one], [one, other, same_id]):
             with pytest.raises(asyncpg.UniqueViolationError):
-                await _call(conn, "hf_authorize_batch", batch)
+                await _call(conn, _SET, batch)
             assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 0
             assert await conn.fetchval(
                 "SELECT count(*) FROM authorizations WHERE card_id = $1", card) == 0
+
+
+async def test_the_columns_signature_refuses_arrays_of_different_lengths(
+        api: Api, db: asyncpg.Pool) -> None:
+    """0015's signature, kept for a server of the previous release: its arrays become records
+    row by row, so one array shorter than the others must fail the call, not pad it with NULL."""
+    async with db.acquire() as conn:
+        world = _World(api, conn, random.Random(14))
+        acct = await api.account("GBP", funds=5_000)
+        card = await api.card(acct)
+        items = [world.plain(card, 700), world.plain(card, 300)]
+        columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
+        columns[16] = columns[16][:1]  # one merchant name for two requests
+        with pytest.raises(asyncpg.InvalidParameterValueError, match="different lengths"):
+            await conn.fetch(_COLUMNS_CALL.format(fn="hf_authorize_batch"), *columns[:21],
+                             _CAP, columns[21])
+        assert await conn.fetchval("SELECT held FROM accounts WHERE id = $1", acct) == 0

@@ -56,6 +56,20 @@ def _item(request_id: str, amount: int, parent: str | None = None,
         "pos", False, False)
 
 
+# the ledger call of a server before migration 0016 (an array per column): the history below is
+# what an earlier release wrote, through the schema it had
+_BATCH_BY_COLUMNS = (
+    "SELECT idx, status FROM hf_authorize_batch($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,"
+    "$12::jsonb[],$13,$14,$15,$16,$17,$18,$19,$20,$21,$22,$23)")
+
+
+async def _authorize_as_before(conn: asyncpg.Connection,
+                               items: list[ledger.AuthorizeItem]) -> None:
+    columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
+    rows = await conn.fetch(_BATCH_BY_COLUMNS, *columns[:21], 0, columns[21])
+    assert [r["status"] for r in rows] == ["new"] * len(items)
+
+
 async def _history(conn: asyncpg.Connection) -> None:
     """An account with what a ledger accumulates: open, raised, reversed, cleared-to-nothing,
     expired and declined authorisations."""
@@ -65,9 +79,8 @@ async def _history(conn: asyncpg.Connection) -> None:
                        " 'active')")
     items = [_item("open", 1_000), _item("raised", 500), _item("reversed", 700),
              _item("expired", 300), _item("declined", 50_000), _item("foreign", 100, None, "EUR")]
-    await ledger.authorize_many(conn, items, stand_in_cap_minor=0)
-    await ledger.authorize_many(conn, [_item("raised-inc", 250, parent="raised")],
-                                stand_in_cap_minor=0)
+    await _authorize_as_before(conn, items)
+    await _authorize_as_before(conn, [_item("raised-inc", 250, parent="raised")])
     await conn.fetchrow("SELECT * FROM hf_release('native:rev-1', 'reversed', 200, 'GBP', $1)",
                         NOW)
     await conn.fetchrow("SELECT * FROM hf_expire_holds($1, ARRAY['expired'])",
@@ -95,7 +108,7 @@ async def test_folding_the_hold_into_its_authorisation_keeps_every_hold(
     applied = await migrate(scratch)
 
     # (holdfast verify checks today's schema, 0012's expiry mark included: it runs after)
-    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014", "0015"]
+    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014", "0015", "0016"]
     assert await _snapshot(scratch) == before
     # the sweep's mark starts at the soonest open expiry or the clock, whichever is first
     # (here the clock: the history is dated ahead)
