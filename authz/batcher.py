@@ -8,6 +8,12 @@ with it. So batches form only when the ledger is the bottleneck, and they grow w
 one round trip, one commit and one WAL flush then serve many authorisations, which is most of
 what PostgreSQL spends on a lone one.
 
+A batch never takes a request whose card is in a call still running: that call holds the card's
+account locked until it commits, and the request would hold up the whole of its own batch
+waiting for the lock. It waits at the head of the queue instead, and the call that holds its
+card takes it when it finishes. (Two cards of one account in two calls can still meet at the
+lock; that costs time, never correctness: every writer locks in the same order.)
+
 Every request still gets exactly what a call of its own would give: ``hf_authorize_batch``
 decides the requests one after another, in arrival order, and answers after the commit. A batch
 that fails as a whole on something one request may have caused (a unique violation, a deadlock,
@@ -59,6 +65,7 @@ class LedgerBatcher:
         self._max_inflight = max_inflight
         self._queue: deque[_Pending] = deque()
         self._inflight = 0
+        self._cards_sent: dict[str, int] = {}  # card -> requests of it in calls still running
         self._runners: set[asyncio.Task[None]] = set()
 
     def submit(self, item: ledger.AuthorizeItem, deadline: float
@@ -79,10 +86,27 @@ class LedgerBatcher:
         return future
 
     async def _run(self) -> None:
-        """One slot: send what is queued, until nothing is."""
+        """One slot: send what is queued, until nothing is (or all of it waits for cards in a
+        call still running, whose slot then takes it)."""
         try:
             while self._queue:
-                await self._send(self._take())
+                batch = self._take()
+                if not batch:
+                    break
+                cards = self._cards_sent
+                for pending in batch:
+                    card = pending.item.card_id
+                    cards[card] = cards.get(card, 0) + 1
+                try:
+                    await self._send(batch)
+                finally:
+                    for pending in batch:
+                        card = pending.item.card_id
+                        left = cards[card] - 1
+                        if left:
+                            cards[card] = left
+                        else:
+                            del cards[card]
         finally:
             self._inflight -= 1
 
@@ -90,15 +114,17 @@ class LedgerBatcher:
         """The next batch: up to ``max_batch`` queued requests in arrival order, but never two of
         one identity or one authorisation id (a retry of a request queued behind it): the ledger
         can only answer the second once the first is written, so it waits for the next batch,
-        keeping its place at the head of the queue."""
+        keeping its place at the head of the queue. Nor one whose card is in a call still
+        running (it would wait there for that call's lock)."""
         batch: list[_Pending] = []
         later: list[_Pending] = []
         keys: set[tuple[str, str, int] | str] = set()
+        busy = self._cards_sent
         while self._queue and len(batch) < self._max_batch:
             pending = self._queue.popleft()
             item = pending.item
             identity = (item.provider, item.provider_id, item.sequence)
-            if identity in keys or item.authorization_id in keys:
+            if identity in keys or item.authorization_id in keys or item.card_id in busy:
                 later.append(pending)
                 continue
             keys.add(identity)

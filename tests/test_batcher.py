@@ -9,6 +9,7 @@ import asyncio
 import datetime as dt
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 import pytest
@@ -162,15 +163,17 @@ async def test_a_request_past_its_deadline_is_not_sent(api: Api, db: asyncpg.Poo
 
 async def test_overlapping_batches_across_accounts_never_deadlock(
         api: Api, db: asyncpg.Pool) -> None:
-    """Four slots, small batches, cards of six accounts in random order, incrementals mixed in:
-    batches that share accounts run at the same time. Every account locks in one order, so no
-    batch waits on another in a cycle (a deadlock would show as a failed batch, retried)."""
+    """Four slots, small batches, three cards on each of six accounts in random order,
+    incrementals mixed in: batches that share accounts (through different cards: the batcher
+    keeps one card out of two running calls) run at the same time. Every account locks in one
+    order, so no batch waits on another in a cycle (a deadlock would show as a failed batch,
+    retried)."""
     accounts = [await api.account("GBP", funds=10_000) for _ in range(6)]
-    cards = [await api.card(a) for a in accounts]
+    cards = [await api.card(a) for a in accounts for _ in range(3)]
     metrics = Metrics()
     b = batcher(db, metrics, inflight=4, max_batch=8)
     rng = random.Random(7)
-    parents = [item(c, 100) for c in cards]
+    parents = [item(c, 100) for c in cards[::3]]
     assert all(isinstance(r, ledger.AuthorizeResult) and r.approved
                for r in await submit_all(b, parents))
 
@@ -199,6 +202,47 @@ async def test_overlapping_batches_across_accounts_never_deadlock(
         count, remaining = await open_holds(db, acct)
         assert count > 1
         assert (posted, held) == (10_000, remaining)
+    await b.close()
+
+
+async def test_a_card_in_a_running_call_waits_for_the_next_one(
+        api: Api, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coffee on card X is in a ledger call when a second coffee on X and a bus fare on card Y
+    arrive, with a second slot free. The fare goes out at once; the second coffee does not join
+    it, where it would wait for the first call's lock on X's account and hold the fare up with
+    it: it goes in the next call, after the first has committed."""
+    x_acct = await api.account("GBP", funds=1_000)
+    x = await api.card(x_acct)
+    y = await api.card(await api.account("GBP", funds=1_000))
+    calls: list[list[str]] = []
+    first_sent = asyncio.Event()
+    release_first = asyncio.Event()
+    real = ledger.authorize_many
+
+    async def spy(db_: Any, items: Sequence[ledger.AuthorizeItem], **kw: Any
+                  ) -> list[ledger.AuthorizeResult]:
+        calls.append([i.provider_id for i in items])
+        if len(calls) == 1:  # the first coffee's call: keep it running for a moment
+            first_sent.set()
+            await release_first.wait()
+        return await real(db_, items, **kw)
+
+    monkeypatch.setattr(ledger, "authorize_many", spy)
+    b = batcher(db, Metrics(), inflight=2)
+    deadline = asyncio.get_running_loop().time() + 10
+    coffee = item(x, 300, request_id=uid("coffee"))
+    first = b.submit(coffee, deadline)
+    await asyncio.wait_for(first_sent.wait(), 5)
+    again, fare = item(x, 300, request_id=uid("coffee")), item(y, 250, request_id=uid("fare"))
+    second, third = b.submit(again, deadline), b.submit(fare, deadline)
+    assert (await asyncio.wait_for(third, 5)).approved  # the fare did not wait for the coffee
+    assert not second.done()
+    release_first.set()
+    results = await asyncio.gather(first, second)
+
+    assert calls == [[coffee.provider_id], [fare.provider_id], [again.provider_id]]
+    assert [r.approved for r in results] == [True, True]
+    assert await account_row(db, x_acct) == (1_000, 600)
     await b.close()
 
 

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from authz.app import AUTHORIZER
+from authz.batcher import LedgerBatcher
 from holds import ledger
 from tests.support import Api, Reply, Server, auth_body, uid
 
@@ -214,25 +215,47 @@ async def test_velocity_count_limit_holds_under_a_burst(api: Api, db: asyncpg.Po
 async def retry_overtakes_original(api: Api, raw: bytes, monkeypatch: pytest.MonkeyPatch
                                    ) -> tuple[Reply, Reply]:
     """Send ``raw``, then its retry while the first attempt is between Redis and PostgreSQL, and
-    let the retry reach the ledger first. Returns (first attempt's reply, retry's reply)."""
-    real_authorize = ledger.authorize_many
+    let the retry reach the ledger first. Returns (first attempt's reply, retry's reply).
+
+    The first attempt is held back before it reaches the ledger batcher, not inside its ledger
+    call: one batcher defers a request whose card is in a call still running, so within one
+    process a retry can no longer overtake a call already sent. Across server processes
+    (``--workers``), or when the first attempt is slow to reach the batcher, it can."""
+    real_submit = LedgerBatcher.submit
     original_counted = asyncio.Event()
     retry_recorded = asyncio.Event()
+    held: set[asyncio.Task[None]] = set()
 
-    async def retry_first(db: Any, items: Any, **kw: Any) -> list[ledger.AuthorizeResult]:
-        # Redis hands ``counters`` only to the attempt that counted; hold that one back until
-        # the retry (a duplicate to Redis) has been recorded
-        if any(item.counters is not None for item in items):
-            original_counted.set()
-            async with asyncio.timeout(5):
-                await retry_recorded.wait()
-            return await real_authorize(db, items, **kw)
-        try:
-            return await real_authorize(db, items, **kw)
-        finally:
-            retry_recorded.set()
+    def retry_first(self: LedgerBatcher, item: ledger.AuthorizeItem, deadline: float
+                    ) -> asyncio.Future[ledger.AuthorizeResult]:
+        if item.counters is None:  # the retry: a duplicate to Redis, which counted nothing
+            future = real_submit(self, item, deadline)
+            future.add_done_callback(lambda _: retry_recorded.set())
+            return future
+        # the attempt that counted (Redis hands counters only to it): hold it back until the
+        # retry has been recorded, then send it on
+        original_counted.set()
+        outer: asyncio.Future[ledger.AuthorizeResult] = (
+            asyncio.get_running_loop().create_future())
 
-    monkeypatch.setattr(ledger, "authorize_many", retry_first)  # what the hot path calls
+        async def later() -> None:
+            try:
+                async with asyncio.timeout(5):
+                    await retry_recorded.wait()
+                result = await real_submit(self, item, deadline)
+            except Exception as exc:  # handed to the waiting request, as the batcher would
+                if not outer.done():
+                    outer.set_exception(exc)
+                return
+            if not outer.done():
+                outer.set_result(result)
+
+        task = asyncio.create_task(later())
+        held.add(task)
+        task.add_done_callback(held.discard)
+        return outer
+
+    monkeypatch.setattr(LedgerBatcher, "submit", retry_first)  # what the hot path calls
     try:
         original = asyncio.create_task(api.authorize_raw(raw))
         async with asyncio.timeout(5):
