@@ -73,8 +73,7 @@ class AuthorizeItem(NamedTuple):
     counted: bool
 
 
-@dataclass(frozen=True, slots=True)
-class AuthorizeResult:
+class AuthorizeResult(NamedTuple):
     status: str  # 'new' | 'replay' | 'conflict'
     authorization_id: str
     approved: bool

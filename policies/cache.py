@@ -8,9 +8,8 @@ and environments apart on a shared Redis.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from dataclasses import dataclass
 from importlib import resources
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 import orjson
 import redis.asyncio as aioredis
@@ -71,8 +70,7 @@ def encode_snapshot(card: CardSnapshot) -> str:
     return orjson.dumps(doc).decode()
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
+class Verdict(NamedTuple):
     """What the Redis check said about a request.
 
     kind: ``miss`` (no cached policy), ``ok`` (all rules passed, counters incremented now),

@@ -10,7 +10,7 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 __all__ = [
     "CHANNELS",
@@ -57,8 +57,7 @@ class Reason(enum.Enum):
 _BY_LABEL: Final = {r.label: r for r in Reason}
 
 
-@dataclass(frozen=True, slots=True)
-class AuthorizationRequest:
+class AuthorizationRequest(NamedTuple):
     """One authorisation request as the decision core sees it, whatever provider sent it.
 
     ``provider_id`` + ``sequence`` identify the request (idempotency); ``authorization_id`` is the
@@ -83,8 +82,7 @@ class AuthorizationRequest:
     request_hash: str
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     authorization_id: str
     approved: bool
     approved_amount_minor: int
