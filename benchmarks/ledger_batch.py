@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.ledger_batch [--cards 10000] [--sizes 1,2,4,8,16,32,64]
 
 One connection calls ``hf_authorize_batch`` (migration 0015: decided in memory, one statement
-per table) and ``hf_authorize_batch_each`` (0007's loop of ``hf_authorize``) with batches of
+per table; sent as the server sends it, one array of records, migration 0016) and
+``hf_authorize_batch_each`` (0007's loop of ``hf_authorize``) with batches of
 fresh authorisations over the benchmark's card universe (``benchmarks.traffic``), alternating
 A-B-B-A by round so the two share the machine's drift; batches of one also go to
 ``hf_authorize``, which is what the server sends a lone request to. It prints, per batch size,
