@@ -46,6 +46,7 @@ class _Pending:
     item: ledger.AuthorizeItem
     deadline: float  # loop time
     future: asyncio.Future[ledger.AuthorizeResult]
+    waited: bool = False  # held back once for its card (counted once)
 
 
 class LedgerBatcher:
@@ -124,7 +125,13 @@ class LedgerBatcher:
             pending = self._queue.popleft()
             item = pending.item
             identity = (item.provider, item.provider_id, item.sequence)
-            if identity in keys or item.authorization_id in keys or item.card_id in busy:
+            if identity in keys or item.authorization_id in keys:
+                later.append(pending)
+                continue
+            if item.card_id in busy:
+                if not pending.waited:
+                    pending.waited = True
+                    self._metrics.pg_batch_card_waits.inc()
                 later.append(pending)
                 continue
             keys.add(identity)

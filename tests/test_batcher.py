@@ -228,7 +228,8 @@ async def test_a_card_in_a_running_call_waits_for_the_next_one(
         return await real(db_, items, **kw)
 
     monkeypatch.setattr(ledger, "authorize_many", spy)
-    b = batcher(db, Metrics(), inflight=2)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=2)
     deadline = asyncio.get_running_loop().time() + 10
     coffee = item(x, 300, request_id=uid("coffee"))
     first = b.submit(coffee, deadline)
@@ -242,6 +243,7 @@ async def test_a_card_in_a_running_call_waits_for_the_next_one(
 
     assert calls == [[coffee.provider_id], [fare.provider_id], [again.provider_id]]
     assert [r.approved for r in results] == [True, True]
+    assert sample(metrics, "holdfast_pg_batch_card_waits_total") == 1
     assert await account_row(db, x_acct) == (1_000, 600)
     await b.close()
 
