@@ -85,15 +85,8 @@ class AuthorizeResult(NamedTuple):
 
 
 def _result(row: Sequence[Any]) -> AuthorizeResult:
-    return AuthorizeResult(
-        status=row[0],
-        authorization_id=row[1],
-        approved=row[2] == "approve",
-        approved_amount_minor=row[3],
-        reason=row[4],
-        stand_in=row[5],
-        counted=row[6],
-    )
+    # (status, authorization_id, decision, approved_amount, reason, stand_in, counted)
+    return AuthorizeResult(row[0], row[1], row[2] == "approve", row[3], row[4], row[5], row[6])
 
 
 async def authorize_many(

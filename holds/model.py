@@ -6,6 +6,7 @@ make a major one (JPY 0, GBP 2, BHD 3). Nothing here ever holds a float.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -99,6 +100,7 @@ _LONG_HOLD_MCC_RANGES: Final = (
 )
 
 
+@functools.lru_cache(maxsize=20_000)  # every four-digit MCC under both settings: per request
 def hold_window_s(mcc: str, default_s: int, long_s: int) -> int:
     """How long a hold may stay open before the expiry sweep releases it: ``long_s`` for lodging
     (3501-3999, 7011) and car rental (3351-3500, 7512, 7513, 7519), else ``default_s``."""

@@ -3,9 +3,12 @@ signatures, settings."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 
 from authz.errors import Unauthorized
+from authz.hotpath import month_of
 from authz.settings import Secret, Settings, SettingsError, hash_token, parse_admin_tokens
 from authz.signatures import sign_native, verify_native
 from holds.model import CURRENCY_EXPONENTS, currency_exponent, hold_window_s
@@ -63,6 +66,16 @@ def test_policy_round_trips_to_canonical_json() -> None:
                                            ("7512", 30), ("3400", 30), ("4111", 7)])
 def test_hold_windows(mcc: str, days: int) -> None:
     assert hold_window_s(mcc, 7 * 86400, 30 * 86400) == days * 86400
+
+
+def test_the_month_a_decision_compares_expiry_with_follows_the_utc_clock() -> None:
+    """Worked out once a day: across a year's end, at the day's edges, and back in time."""
+    new_year = int(dt.datetime(2027, 1, 1, tzinfo=dt.UTC).timestamp())
+    assert month_of(new_year - 1) == 202612
+    assert month_of(new_year) == 202701
+    assert month_of(new_year + 86_399) == 202701
+    assert month_of(new_year - 86_400 * 40) == 202611
+    assert month_of(new_year - 1) == 202612
 
 
 def test_card_numbers_are_recognised_and_masked() -> None:
