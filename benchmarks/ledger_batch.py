@@ -38,9 +38,6 @@ _BATCH = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
     " FROM {fn}($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,$18,$19,"
     "$20,$21,$22,$23)")
-_RECORDS = (
-    "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
-    " FROM hf_authorize_batch($1::hf_authorize_request[], $2)")
 _SINGLE = (
     "SELECT status, authorization_id, decision, approved_amount, reason, stand_in, counted FROM "
     "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
@@ -78,7 +75,7 @@ async def _call(conn: asyncpg.Connection[Any], fn: str, items: Sequence[ledger.A
         assert row is not None
         return 1 if row["decision"] == "approve" else 0
     if fn == _SET:  # as the server sends it: one array of records (migration 0016)
-        rows = await conn.fetch(_RECORDS, items, _CAP)
+        rows = await conn.fetch(ledger.AUTHORIZE_BATCH_SQL, items, _CAP)
     else:
         columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
         rows = await conn.fetch(_BATCH.format(fn=fn), *columns[:21], _CAP, columns[21])

@@ -17,6 +17,7 @@ from holds.db import Executor
 from holds.model import Account
 
 __all__ = [
+    "AUTHORIZE_BATCH_SQL",
     "AccountConflict",
     "AuthorizeItem",
     "AuthorizeResult",
@@ -35,8 +36,9 @@ _AUTHORIZE = (
     "$21,$22,$23)"
 )
 # one array of records (migration 0016): asyncpg encodes a record's fields directly, while an
-# array of columns costs it a Python-level isinstance test per element and field
-_AUTHORIZE_BATCH = (
+# array of columns costs it a Python-level isinstance test per element and field. The raw rows
+# (idx first) are what the set-wise test and the ledger benchmark compare, so they send this too.
+AUTHORIZE_BATCH_SQL = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted "
     "FROM hf_authorize_batch($1::hf_authorize_request[], $2)"
 )
@@ -107,7 +109,7 @@ async def authorize_many(
         if row is None:  # the function always returns one row
             raise RuntimeError("hf_authorize returned no row")
         return [_result(row)]
-    rows = await db.fetch(_AUTHORIZE_BATCH, items, stand_in_cap_minor, timeout=timeout_s)
+    rows = await db.fetch(AUTHORIZE_BATCH_SQL, items, stand_in_cap_minor, timeout=timeout_s)
     if len(rows) != len(items):
         raise RuntimeError(f"hf_authorize_batch answered {len(rows)} rows for {len(items)}")
     results: list[AuthorizeResult | None] = [None] * len(items)

@@ -26,9 +26,6 @@ _COLUMNS_CALL = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
     " FROM {fn}($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb[],$13,$14,$15,$16,$17,$18,$19,"
     "$20,$21,$22,$23)")
-_RECORDS_CALL = (
-    "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
-    " FROM hf_authorize_batch($1::hf_authorize_request[], $2)")
 _SET, _SET_BY_COLUMNS, _REFERENCE = (
     "hf_authorize_batch", "hf_authorize_batch (columns)", "hf_authorize_batch_each")
 _CAP = 5_000
@@ -39,7 +36,7 @@ _RULE_REASONS = [None] * 8 + ["not_permitted", "amount_limit_exceeded", "count_l
 async def _call(conn: Conn, fn: str, items: Sequence[ledger.AuthorizeItem]
                 ) -> list[tuple[Any, ...]]:
     if fn == _SET:
-        rows = await conn.fetch(_RECORDS_CALL, items, _CAP)
+        rows = await conn.fetch(ledger.AUTHORIZE_BATCH_SQL, items, _CAP)
     else:  # 0015's signature of hf_authorize_batch, or the reference
         columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
         call = _COLUMNS_CALL.format(fn=fn.split(maxsplit=1)[0])
