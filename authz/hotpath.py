@@ -43,7 +43,7 @@ _PG_DOWN: Final = PG_UNAVAILABLE  # holds/db.py
 def request_hash(*fields: object) -> str:
     """Digest of a request's meaningful fields: a retry has the same one, a different request
     reusing the same id does not."""
-    raw = "\x1f".join("" if f is None else str(f) for f in fields)
+    raw = "\x1f".join(["" if f is None else str(f) for f in fields])  # (a list: no generator)
     return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
 

@@ -58,12 +58,14 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
 
 def req_str(body: Mapping[str, Any], field: str, max_len: int = 256, where: str = "") -> str:
     value = body.get(field)
-    name = f"{where}{field}"
+    if value.__class__ is str and 0 < len(value) <= max_len:  # the usual case, first
+        return value
     if value is None:
-        raise BadRequest("missing_field", f"{name} is required")
+        raise BadRequest("missing_field", f"{where}{field} is required")
     if not isinstance(value, str) or not 0 < len(value) <= max_len:
-        raise BadRequest("invalid_field", f"{name} must be a string of 1 to {max_len} characters")
-    return value
+        raise BadRequest(
+            "invalid_field", f"{where}{field} must be a string of 1 to {max_len} characters")
+    return value  # a str subclass within bounds
 
 
 def opt_str(body: Mapping[str, Any], field: str, max_len: int = 256, where: str = ""
