@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -48,6 +48,7 @@ CACHE: Final = web.AppKey("cache", PolicyCache)
 AUTHORIZER: Final = web.AppKey("authorizer", Authorizer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_Request = TypeVar("_Request", bound=web.BaseRequest)
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -171,27 +172,35 @@ async def _refresh_stats(pool: asyncpg.Pool, metrics: Metrics, interval_s: float
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    return await answer_errors(request.app, request, handler)
+
+
+async def answer_errors(app: web.Application, request: _Request,
+                        handler: Callable[[_Request], Awaitable[web.StreamResponse]]
+                        ) -> web.StreamResponse:
+    """The handler's answer, or its failure as the API's JSON error (the error middleware's
+    work; authz/front.py calls it for the hot route, which does not pass the middlewares)."""
     try:
         return await handler(request)
     except ApiError as exc:
-        return _error(request, exc.status, exc.code, exc.message)
+        return _error(app, exc.status, exc.code, exc.message)
     except web.HTTPRequestEntityTooLarge:
         exc2 = PayloadTooLarge("body_too_large", "request body exceeds the size limit")
-        return _error(request, exc2.status, exc2.code, exc2.message)
+        return _error(app, exc2.status, exc2.code, exc2.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
-        return _error(request, exc.status, code, exc.reason)
+        return _error(app, exc.status, code, exc.reason)
     except Exception:
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         log.exception("unhandled error on %s %s (request %s)", request.method, request.path,
                       request_id)
-        return _error(request, 500, "system_error", f"internal error; request id {request_id}")
+        return _error(app, 500, "system_error", f"internal error; request id {request_id}")
 
 
-def _error(request: web.Request, status: int, code: str, message: str) -> web.Response:
-    request.app[METRICS].http_errors.labels(str(status), code).inc()
+def _error(app: web.Application, status: int, code: str, message: str) -> web.Response:
+    app[METRICS].http_errors.labels(str(status), code).inc()
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 

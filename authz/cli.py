@@ -18,6 +18,7 @@ from aiohttp import web
 from prometheus_client import start_http_server
 
 from authz.app import METRICS, create_pool, make_app
+from authz.front import start_runner
 from authz.logs import setup_logging
 from authz.payments_cli import (
     add_parsers,
@@ -87,8 +88,7 @@ async def _verify(settings: Settings) -> int:
 async def _serve(settings: Settings, worker_index: int | None = None) -> int:
     ssl_context = server_ssl_context(settings)  # before anything starts: bad files fail fast
     app = make_app(settings)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None, handle_signals=False)
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048,
                        ssl_context=ssl_context)
     await site.start()

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from authz.app import AUTHORIZER, make_app
+from authz.front import start_runner
 from authz.logs import JsonFormatter
 from authz.settings import Secret, Settings, parse_admin_tokens
 from holds.migrate import migrate
@@ -130,8 +131,7 @@ def _reset_clock(clock: FakeClock) -> Iterator[None]:
 async def server(settings: Settings, clock: FakeClock, redis: aioredis.Redis
                  ) -> AsyncIterator[Server]:
     application = make_app(settings, clock=clock)
-    runner = web.AppRunner(application, access_log=None)
-    await runner.setup()
+    runner = await start_runner(application, access_log=None)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

@@ -48,6 +48,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from authz.app import make_app
+from authz.front import start_runner
 from authz.openapi import spec
 from authz.settings import Secret, Settings
 from authz.signatures import sign_native
@@ -126,8 +127,7 @@ async def fuzz(settings: Settings, fuzz_database: str) -> AsyncIterator[Fuzz]:
         bank_url=f"http://127.0.0.1:{_dead_port()}/bank", payee_check_timeout_ms=50,
         bank_submit_timeout_ms=50)
     app = make_app(fuzz_settings, clock=FakeClock())
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from authz.app import METRICS, make_app
+from authz.front import start_runner
 from authz.ratelimit import WINDOW_S, retry_after_s
 from authz.settings import Settings
 from tests.conftest import TOKENS, WEBHOOK_SECRET
@@ -42,8 +43,7 @@ async def limited_server(settings: Settings, prefix: str, clock: FakeClock, limi
         settings, redis_prefix=prefix, admin_rate_limit_per_min=limit, pg_pool_size=2,
         redis_url=redis_url or settings.redis_url, redis_timeout_ms=200 if redis_url else 2000,
     ), clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

@@ -27,6 +27,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from authz.app import CACHE, make_app
+from authz.front import start_runner
 from authz.settings import Settings
 from policies.cache import PolicyCache, with_buckets
 from tests.conftest import TOKENS, WEBHOOK_SECRET
@@ -174,8 +175,7 @@ async def serving(cluster: Cluster, settings: Settings, clock: FakeClock, **over
     cluster_settings = dataclasses.replace(settings, redis_url=cluster.url, redis_cluster=True,
                                            **overrides)
     app = make_app(cluster_settings, clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from authz.app import AUTHORIZER, CACHE, POOL, make_app
+from authz.front import start_runner
 from authz.settings import Settings
 from authz.standin import count_stand_in_approvals
 from tests.conftest import WEBHOOK_SECRET
@@ -57,8 +58,7 @@ async def rig(request: pytest.FixtureRequest, settings: Settings, clock: FakeClo
         stand_in_reconcile_interval_s=3600,  # the tests run the reconciler themselves
     )
     app = make_app(proxied, clock=clock)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+    runner = await start_runner(app, access_log=None)
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     host, port = runner.addresses[0][:2]

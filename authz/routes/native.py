@@ -26,7 +26,7 @@ from clearing.events import EVENT_TYPES, NEEDS_AUTHORIZATION
 from clearing.inbox import store_event
 from policies.model import CHANNELS, AuthorizationRequest, Decision
 
-__all__ = ["decision_body", "parse_authorize", "parse_event", "routes"]
+__all__ = ["authorize_in", "decision_body", "parse_authorize", "parse_event", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -97,7 +97,10 @@ def decision_body(request_id: str, decision: Decision) -> dict[str, Any]:
 
 async def signed_body(request: web.Request) -> bytes:
     """The raw body, once its native signature is verified (before anything parses it)."""
-    app = request.app
+    return await signed_body_in(request.app, request)
+
+
+async def signed_body_in(app: web.Application, request: web.BaseRequest) -> bytes:
     settings = app[SETTINGS]
     raw = await request.read()
     try:
@@ -113,9 +116,14 @@ async def signed_body(request: web.Request) -> bytes:
 
 @routes.post("/v1/authorize")
 async def authorize(request: web.Request) -> web.Response:
+    return await authorize_in(request.app, request)
+
+
+async def authorize_in(app: web.Application, request: web.BaseRequest) -> web.Response:
+    """``POST /v1/authorize`` of ``app``: the routed handler above, and authz/front.py's (which
+    comes here straight from the connection, past the router and the middlewares)."""
     started = time.perf_counter()
-    app = request.app
-    req = parse_authorize(parse_json_object(await signed_body(request)))
+    req = parse_authorize(parse_json_object(await signed_body_in(app, request)))
     decision = await app[AUTHORIZER].authorize(req)
     app[METRICS].observe_decision(
         PROVIDER, decision.approved, decision.reason.label, time.perf_counter() - started
