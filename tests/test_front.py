@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 
 from authz.app import Handler, make_app
-from authz.front import start_runner
+from authz.front import HOT_ROUTES, start_runner
 from authz.settings import Settings
 from tests.support import Api, FakeClock, Reply, auth_body, uid
 
@@ -156,3 +156,20 @@ async def test_a_keep_alive_connection_mixes_both_ways(
                     assert (await resp.json())["decision"] == "approve"
         assert len(front.passed) == 3
     assert (await api.balances(account))["held"] == 600
+
+
+async def test_every_authorisation_route_is_in_front_and_answers_as_routed(
+        settings: Settings, api: Api, clock: FakeClock) -> None:
+    assert set(HOT_ROUTES) == {"/v1/authorize", "/providers/lithic/asa",
+                               "/providers/marqeta/jit", "/providers/stripe/webhooks"}
+    async with front_server(settings, api, clock) as front:
+        for path in HOT_ROUTES:
+            for body in (b'{"token": "t-1"}', b"{not json"):
+                # unsigned, or signed with the native scheme, which no provider accepts
+                for signed in (False, True):
+                    direct = await _post(front.api, path, body, signed)
+                    routed = await _post(front.api, f"{path}?via=router", body, signed)
+                    assert 400 <= direct.status < 500, (path, direct.body)
+                    assert (direct.status, direct.body) == (routed.status, routed.body), path
+        assert len(front.passed) == len(HOT_ROUTES) * 4
+        assert all(p.endswith("?via=router") for p in front.passed)

@@ -79,13 +79,16 @@ _RESTRICTED: Final = RESTRICTED_KEYS | frozenset({
 _RESTRICTED_DE: Final = frozenset({"2", "14", "34", "35", "36", "45", "52", "55"})
 
 
-async def verified_body(request: web.Request, check: Callable[[bytes], object]) -> bytes:
-    """The raw body once ``check`` accepted it; a refusal is counted before it propagates."""
+async def verified_body(app: web.Application, request: web.BaseRequest,
+                        check: Callable[[bytes], object]) -> bytes:
+    """The raw body once ``check`` accepted it; a refusal is counted before it propagates.
+    (``app`` given, not read from the request: authz/front.py's requests come past the router,
+    which is what sets ``request.app``.)"""
     raw = await request.read()
     try:
         check(raw)
     except Unauthorized as exc:
-        request.app[METRICS].auth_failures.labels(request.path, exc.code).inc()
+        app[METRICS].auth_failures.labels(request.path, exc.code).inc()
         raise
     return raw
 
@@ -278,8 +281,7 @@ def note_unknown(app: web.Application, provider: str, field: str, value: object)
     log.warning("unknown %s %s value %r", provider, field, mask_pans(str(value))[:64])
 
 
-async def decide(request: web.Request, req: AuthorizationRequest, started: float) -> Decision:
-    app = request.app
+async def decide(app: web.Application, req: AuthorizationRequest, started: float) -> Decision:
     decision = await app[AUTHORIZER].authorize(req)
     app[METRICS].observe_decision(
         req.provider, decision.approved, decision.reason.label, time.perf_counter() - started
@@ -332,12 +334,12 @@ def inbox_event(provider: str, event_id: str, provider_type: str, raw: Any,
     return InboxEvent(mask_pans(event_id), row_type, drop_restricted(raw), canonical)
 
 
-async def store_all(request: web.Request, provider: str, events: Sequence[InboxEvent]
+async def store_all(app: web.Application, provider: str, events: Sequence[InboxEvent]
                     ) -> list[str]:
     """Store a delivery's events all or nothing: a conflicting id (same id, other payload) rolls
     the whole delivery back and answers 409, so the provider retries and nothing is half-kept."""
     statuses: list[str] = []
-    async with request.app[POOL].acquire() as conn, conn.transaction():
+    async with app[POOL].acquire() as conn, conn.transaction():
         for event in events:
             canonical = None if event.canonical is None else event.canonical.to_json()
             stored = await store_event(conn, provider, event.id, event.type, event.payload,
@@ -349,14 +351,14 @@ async def store_all(request: web.Request, provider: str, events: Sequence[InboxE
     return statuses
 
 
-async def usable_account(request: web.Request, card_id: str) -> Account | None:
+async def usable_account(app: web.Application, card_id: str) -> Account | None:
     """The account behind an active, unexpired card, for requests that place no hold (balance
     inquiries, zero-amount verifications); None when the card may not be used."""
-    pool = request.app[POOL]
+    pool = app[POOL]
     card = await load_card(pool, card_id)
     if card is None or card.state != "active":
         return None
-    month = time.strftime("%Y-%m", time.gmtime(request.app[CLOCK]()))
+    month = time.strftime("%Y-%m", time.gmtime(app[CLOCK]()))
     if card.expires is not None and month > card.expires:
         return None
     return await get_account(pool, card.account_id)

@@ -205,8 +205,7 @@ def asa_body(token: str, decision: Decision) -> dict[str, Any]:
     return out
 
 
-def _signed(request: web.Request) -> Callable[[bytes], None]:
-    app = request.app
+def _signed(app: web.Application, request: web.BaseRequest) -> Callable[[bytes], None]:
     settings = app[SETTINGS]
 
     def check(raw: bytes) -> None:
@@ -218,9 +217,13 @@ def _signed(request: web.Request) -> Callable[[bytes], None]:
 
 @routes.post("/providers/lithic/asa")
 async def asa(request: web.Request) -> web.Response:
+    return await asa_in(request.app, request)
+
+
+async def asa_in(app: web.Application, request: web.BaseRequest) -> web.Response:
+    """The ASA of ``app``: the routed handler above, and authz/front.py's."""
     started = time.perf_counter()
-    app = request.app
-    body = parse_json(await verified_body(request, _signed(request)))
+    body = parse_json(await verified_body(app, request, _signed(app, request)))
     status = req_str(body, "status", 64)
     token = ident(body, "token")
     if status in _DEBIT and _amount(body, allow_zero=True)[0] > 0:
@@ -229,16 +232,16 @@ async def asa(request: web.Request) -> web.Response:
             opened = bool(await app[POOL].fetchval(
                 "SELECT 1 FROM authorizations WHERE id = $1", canonical_id(PROVIDER, token)))
         req = parse_asa(app, body, opened)
-        decision = await decide(request, req, started)
+        decision = await decide(app, req, started)
         return json_response(asa_body(token, decision))
     if status in _DEBIT:
         # a zero-amount verification: nothing to hold, the card only has to be usable
-        account = await usable_account(request, ident(obj(body, "card"), "token", "card."))
+        account = await usable_account(app, ident(obj(body, "card"), "token", "card."))
         return json_response({"token": token,
                               "result": "CARD_PAUSED" if account is None else "APPROVED"})
     if status == _INQUIRY:
         card_id = ident(obj(body, "card"), "token", "card.")
-        account = await usable_account(request, card_id)
+        account = await usable_account(app, card_id)
         if account is None:
             return json_response({"token": token, "result": "CARD_PAUSED"})
         return json_response({"token": token, "result": "APPROVED", "balance": {
@@ -249,7 +252,7 @@ async def asa(request: web.Request) -> web.Response:
         note_unknown(app, PROVIDER, "asa.status", status)
     sequence = len(opt_list(body, "events") or [])
     event = inbox_event(PROVIDER, f"asa:{token}:{sequence}", f"asa.{status}", body, None)
-    await store_all(request, PROVIDER, [event])
+    await store_all(app, PROVIDER, [event])
     # a credit is money in: approve; anything unknown may move money out: decline
     result = "APPROVED" if known else asa_result(Reason.DO_NOT_HONOR)
     return json_response({"token": token, "result": result})
@@ -289,7 +292,7 @@ def _lifecycle(body: dict[str, Any], message_id: str) -> LifecycleEvent | None:
 @routes.post("/providers/lithic/events")
 async def events(request: web.Request) -> web.Response:
     app = request.app
-    raw = await verified_body(request, _signed(request))
+    raw = await verified_body(app, request, _signed(app, request))
     message_id = request.headers["webhook-id"]  # present: the signature covered it
     body = parse_json(raw)
     event_type = text(body, "event_type", "", 64) or "unknown"
@@ -304,5 +307,5 @@ async def events(request: web.Request) -> web.Response:
             note_unknown(app, PROVIDER, "transaction.event.type", kind)
         canonical = _lifecycle(body, message_id)
     event = inbox_event(PROVIDER, message_id, event_type, body, canonical)
-    [status] = await store_all(request, PROVIDER, [event])
+    [status] = await store_all(app, PROVIDER, [event])
     return json_response({"id": message_id, "status": status})

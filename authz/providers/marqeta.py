@@ -147,8 +147,8 @@ def decline_reason(reason: Reason) -> str:
     return _DECLINES.get(reason, "TRANSACTION_NOT_PERMITTED")
 
 
-def _check(request: web.Request) -> Callable[[bytes], None]:
-    settings = request.app[SETTINGS]
+def _check(app: web.Application, request: web.BaseRequest) -> Callable[[bytes], None]:
+    settings = app[SETTINGS]
 
     def check(raw: bytes) -> None:
         verify_marqeta(request.headers.get("Authorization"),
@@ -243,9 +243,13 @@ def _answer(funding: dict[str, Any], currency: str, decision: Decision, requeste
 
 @routes.post("/providers/marqeta/jit")
 async def jit(request: web.Request) -> web.Response:
+    return await jit_in(request.app, request)
+
+
+async def jit_in(app: web.Application, request: web.BaseRequest) -> web.Response:
+    """JIT Funding of ``app``: the routed handler above, and authz/front.py's."""
     started = time.perf_counter()
-    app = request.app
-    body = parse_exact_json(await verified_body(request, _check(request)))
+    body = parse_exact_json(await verified_body(app, request, _check(app, request)))
     order, funding = _funding(body)
     method = req_str(funding, "method", 64, "jit_funding.")
     token = ident(funding, "token", "jit_funding.")
@@ -258,9 +262,9 @@ async def jit(request: web.Request) -> web.Response:
         # every field of the answer is validated before the decision places a hold: a request
         # we would refuse must not leave one behind
         _echo(funding, amount, currency)
-        return _answer(funding, currency, await decide(request, req, started), amount)
+        return _answer(funding, currency, await decide(app, req, started), amount)
     if method in _INQUIRY or method == _VERIFICATION:
-        account = await usable_account(request, ident(body, "card_token"))
+        account = await usable_account(app, ident(body, "card_token"))
         if account is None:
             declined = {**_echo(funding, amount, currency), "decline_reason": "CARD_NOT_ACTIVE"}
             return json_response({"jit_funding": declined}, status=402)
@@ -275,7 +279,7 @@ async def jit(request: web.Request) -> web.Response:
     known = method in _INFORMATIVE
     if not known:
         note_unknown(app, PROVIDER, "jit_funding.method", method)
-    await store_all(request, PROVIDER, [
+    await store_all(app, PROVIDER, [
         inbox_event(PROVIDER, f"jit:{token}", f"jit.{method}", body, None)])
     if known:
         return json_response({"jit_funding": _echo(funding, amount, currency)})
@@ -356,7 +360,7 @@ def _other(app: web.Application, category: str, value: Any) -> list[InboxEvent]:
 @routes.post("/providers/marqeta/events")
 async def events(request: web.Request) -> web.Response:
     app = request.app
-    body = parse_exact_json(await verified_body(request, _check(request)))
+    body = parse_exact_json(await verified_body(app, request, _check(app, request)))
     batch: list[InboxEvent] = []
     for category, value in body.items():
         if not _CATEGORY_RE.match(category):
@@ -379,6 +383,6 @@ async def events(request: web.Request) -> web.Response:
             batch.extend(_other(app, category, value))
         if len(batch) > _MAX_EVENTS:
             raise BadRequest("too_many_events", f"at most {_MAX_EVENTS} events per delivery")
-    statuses = await store_all(request, PROVIDER, batch)
+    statuses = await store_all(app, PROVIDER, batch)
     return json_response({"received": len(batch), "accepted": statuses.count("accepted"),
                           "duplicate": statuses.count("duplicate")})

@@ -186,8 +186,7 @@ def _lifecycle(event_type: str, event_id: str, body: dict[str, Any], item: dict[
     return None
 
 
-def _check(request: web.Request) -> Callable[[bytes], None]:
-    app = request.app
+def _check(app: web.Application, request: web.BaseRequest) -> Callable[[bytes], None]:
     settings = app[SETTINGS]
 
     def check(raw: bytes) -> None:
@@ -199,9 +198,14 @@ def _check(request: web.Request) -> Callable[[bytes], None]:
 
 @routes.post("/providers/stripe/webhooks")
 async def webhooks(request: web.Request) -> web.Response:
+    return await webhooks_in(request.app, request)
+
+
+async def webhooks_in(app: web.Application, request: web.BaseRequest) -> web.Response:
+    """Stripe's webhooks to ``app`` (authorisation requests and the rest): the routed handler
+    above, and authz/front.py's."""
     started = time.perf_counter()
-    app = request.app
-    body = parse_json(await verified_body(request, _check(request)))
+    body = parse_json(await verified_body(app, request, _check(app, request)))
     event_id = ident(body, "id")
     event_type = req_str(body, "type", 128)
     item = obj(obj(body, "data"), "object", "data.")
@@ -211,10 +215,10 @@ async def webhooks(request: web.Request) -> web.Response:
             version = DEFAULT_API_VERSION
         if req_amount(obj(item, "pending_request"), "amount", allow_zero=True) == 0:
             # a zero-amount verification: nothing to hold, the card only has to be usable
-            usable = await usable_account(request, _card_id(item)) is not None
+            usable = await usable_account(app, _card_id(item)) is not None
             return json_response({"approved": usable}, headers={"Stripe-Version": version})
         req = parse_request(app, item)
-        decision = await decide(request, req, started)
+        decision = await decide(app, req, started)
         return json_response(reply(decision, req.partial_allowed),
                              headers={"Stripe-Version": version})
     if event_type not in _EVENT_TYPES:
@@ -224,5 +228,5 @@ async def webhooks(request: web.Request) -> web.Response:
     # kept, a redelivery after a lost answer would look like a different event (409)
     stored = {k: v for k, v in body.items() if k != "pending_webhooks"}
     event = inbox_event(PROVIDER, event_id, event_type, stored, canonical)
-    [status] = await store_all(request, PROVIDER, [event])
+    [status] = await store_all(app, PROVIDER, [event])
     return json_response({"id": event_id, "status": status})
