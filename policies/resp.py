@@ -127,9 +127,14 @@ class _Protocol(asyncio.Protocol):
             self._expired += 1
             if not future.done():
                 future.set_exception(TimeoutError(f"Redis did not answer in {timeout_s:g} s"))
-        if self.pending and now - self.pending[0][1] > self._stale_s:
-            # a peer that vanished sends no reset: nothing answered for too long, so close it
-            self.abort("Redis did not answer in time")
+        if self.pending:
+            oldest = self.pending[0][1]
+            if oldest + timeout_s <= now and now - oldest > self._stale_s:
+                # a peer that vanished sends no reset: nothing answered for too long, so close
+                # it -- once the oldest command has had its own time (a timer armed for an
+                # earlier command, answered since, may fire first: its callers then get their
+                # TimeoutError at their own deadline, not a ConnectionError before it)
+                self.abort("Redis did not answer in time")
 
     def _flush(self) -> None:
         out, self._outbox = self._outbox, []

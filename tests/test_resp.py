@@ -132,6 +132,24 @@ async def test_the_reply_timeout_closes_a_connection_silent_too_long() -> None:
         assert isinstance(first, int) and isinstance(second, int) and second != first
 
 
+async def test_a_timer_set_for_an_answered_command_does_not_close_the_connection_early() -> None:
+    """The connection's one timer was armed for the handshake; it fires while the command sent
+    later has waited past stale_s but not its own reply timeout: that command still gets its
+    TimeoutError at its own deadline (it got a ConnectionError before it, once a first round
+    trip took a few milliseconds on a loaded machine)."""
+    async with _connected(stale_s=0.1, reply_timeout_s=0.15) as fast:
+        loop = asyncio.get_running_loop()
+        first = await fast.call("CLIENT", "ID")
+        await asyncio.sleep(0.03)  # the handshake's timer is due ~0.12 s after the next send
+        sent = loop.time()
+        with pytest.raises(TimeoutError):
+            await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5")
+        assert loop.time() - sent >= 0.15
+        async with asyncio.timeout(2):
+            second = await fast.call("CLIENT", "ID")
+        assert isinstance(first, int) and isinstance(second, int) and second != first
+
+
 async def test_a_killed_connection_fails_its_callers_and_the_next_call_reconnects() -> None:
     connects: list[None] = []
     fast = PipelinedRedis.from_url(REDIS_URL, connect_timeout_s=2.0, stale_s=5.0,
