@@ -179,7 +179,7 @@ async def answer_errors(app: web.Application, request: _Request,
                         handler: Callable[[_Request], Awaitable[web.StreamResponse]]
                         ) -> web.StreamResponse:
     """The handler's answer, or its failure as the API's JSON error (the error middleware's
-    work; authz/front.py calls it for the hot route, which does not pass the middlewares)."""
+    work; authz/front.py calls it for the authorisation routes, which pass no middleware)."""
     try:
         return await handler(request)
     except ApiError as exc:

@@ -42,7 +42,9 @@ HOT_ROUTES: Final[dict[str, _Handler]] = {
 
 
 async def start_runner(app: web.Application, **kwargs: Any) -> web.AppRunner:
-    """``web.AppRunner(app, **kwargs)``, set up, with the hot route in front."""
+    """``web.AppRunner(app, **kwargs)``, set up, with ``HOT_ROUTES`` in front. (The server's
+    ``request_handler`` is read by each new connection; were aiohttp to rename it, this would
+    change nothing and tests/test_front.py would fail.)"""
     runner = web.AppRunner(app, **kwargs)
     await runner.setup()
     server = runner.server
