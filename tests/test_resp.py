@@ -144,7 +144,7 @@ async def test_a_timer_set_for_an_answered_command_does_not_close_the_connection
         sent = loop.time()
         with pytest.raises(TimeoutError):
             await fast.call("BLPOP", f"hft:{RUN_ID}:resp:nobody-pushes", "5")
-        assert loop.time() - sent >= 0.15
+        assert loop.time() - sent > 0.149  # not before its own deadline
         async with asyncio.timeout(2):
             second = await fast.call("CLIENT", "ID")
         assert isinstance(first, int) and isinstance(second, int) and second != first
