@@ -1,6 +1,7 @@
-"""The hot route in front of the router (authz/front.py): ``POST /v1/authorize`` goes straight to
-its handler, past the middlewares, and answers exactly as the routed handler does; every other
-request, and this one with a query string or an ``Expect`` header, still takes the router."""
+"""The authorisation routes in front of the router (authz/front.py): ``POST /v1/authorize`` and
+the providers' authorisation routes go straight to their handlers, past the middlewares, and
+answer exactly as the routed handlers do; every other request, and these with a query string or
+an ``Expect`` header, still takes the router."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from authz.front import HOT_ROUTES, start_runner
 from authz.settings import Settings
 from tests.support import Api, FakeClock, Reply, auth_body, uid
 
-WEBHOOK_SECRET_HEADER = "Holdfast-Signature"
+SIGNATURE_HEADER = "Holdfast-Signature"
 
 
 @dataclass
@@ -57,7 +58,7 @@ async def _post(api: Api, path: str, body: bytes, signed: bool = True,
                 expect: bool = False) -> Reply:
     headers = {"Content-Type": "application/json"}
     if signed:
-        headers[WEBHOOK_SECRET_HEADER] = api.sign(body)
+        headers[SIGNATURE_HEADER] = api.sign(body)
     if not expect:
         return await api.raw("POST", path, body, headers)
     async with api.session.post(api.base_url + path, data=body, headers=headers,
@@ -138,7 +139,7 @@ async def test_a_keep_alive_connection_mixes_both_ways(
                 body = orjson.dumps(auth_body(card, 100))
                 path = "/v1/authorize" if i % 2 else "/v1/authorize?via=router"
                 headers = {"Content-Type": "application/json",
-                           WEBHOOK_SECRET_HEADER: front.api.sign(body)}
+                           SIGNATURE_HEADER: front.api.sign(body)}
                 async with session.post(front.api.base_url + path, data=body,
                                         headers=headers) as resp:
                     assert resp.status == 200
