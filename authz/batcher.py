@@ -20,6 +20,11 @@ that fails as a whole on something one request may have caused (a unique violati
 a constraint) is retried one request at a time, so one bad request cannot take its neighbours
 down with it. Deadlines: each request's own; a batch's statement timeout is its earliest, and a
 request whose deadline passed while it queued is not sent.
+
+Each slot keeps its connection between calls (taking one from asyncpg's pool and giving it back
+cost a lone request's call ~16 % of the server's instructions); a connection whose call failed
+goes back to the pool, and the slots never keep so many that the pool has fewer than two left
+for its other users.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -36,7 +42,12 @@ from authz.metrics import Metrics
 from holds import ledger
 from holds.db import PG_UNAVAILABLE, Conn
 
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
 __all__ = ["LedgerBatcher"]
+
+_LEFT_FOR_OTHERS = 2  # pooled connections the batcher never keeps idle
 
 log = logging.getLogger("holdfast.authorize")
 
@@ -68,6 +79,12 @@ class LedgerBatcher:
         self._inflight = 0
         self._cards_sent: dict[str, int] = {}  # card -> requests of it in calls still running
         self._runners: set[asyncio.Task[None]] = set()
+        # connections the slots keep between calls (at most one a slot): taking one from the
+        # pool and giving it back cost a ledger call more Python than its own round trip
+        self._idle: list[PoolConnectionProxy[asyncpg.Record]] = []
+        # never so many that the pool's other users (a cache miss's read-through, the
+        # follow-ups, the management routes) are left without one
+        self._keep = max(0, min(max_inflight, pool.get_max_size() - _LEFT_FOR_OTHERS))
 
     def submit(self, item: ledger.AuthorizeItem, deadline: float
                ) -> asyncio.Future[ledger.AuthorizeResult]:
@@ -147,10 +164,12 @@ class LedgerBatcher:
             if not batch:
                 return
             started = time.perf_counter()
-            async with self._pool.acquire(
-                    timeout=max(min(p.deadline for p in batch) - loop.time(), 0.001)) as conn:
+            conn = await self._connection(min(p.deadline for p in batch) - loop.time())
+            keep = False
+            try:
                 batch = _live(batch, loop.time())
                 if not batch:
+                    keep = True
                     return
                 try:
                     results = await ledger.authorize_many(
@@ -164,7 +183,11 @@ class LedgerBatcher:
                         log.warning("ledger batch of %d failed (%s); deciding one by one",
                                     len(batch), type(exc).__name__)
                     await self._one_by_one(conn, batch)
+                    keep = True
                     return
+                keep = True
+            finally:
+                await self._put_back(conn, keep)
             self._metrics.pg_batch_size.observe(len(batch))
             self._metrics.observe_postgres("authorize_batch", time.perf_counter() - started)
             for pending, result in zip(batch, results, strict=True):
@@ -175,6 +198,26 @@ class LedgerBatcher:
                 _fail(pending, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
+
+    async def _connection(self, wait_s: float) -> PoolConnectionProxy[asyncpg.Record]:
+        """A connection of the slots' own, or a new one from the pool (waiting at most
+        ``wait_s``, the batch's earliest deadline)."""
+        while self._idle:
+            conn = self._idle.pop()
+            if _usable(conn):
+                return conn
+            await self._pool.release(conn)
+        return await self._pool.acquire(timeout=max(wait_s, 0.001))
+
+    async def _put_back(self, conn: PoolConnectionProxy[asyncpg.Record], keep: bool
+                        ) -> None:
+        """Keep a connection whose call ended cleanly for the next call; one that failed in any
+        other way (a timeout, a lost server, a cancellation) goes back to the pool, which
+        finishes what is left of it (a cancelled statement, an open transaction)."""
+        if keep and len(self._idle) < self._keep and _usable(conn):
+            self._idle.append(conn)
+        else:
+            await self._pool.release(conn)
 
     async def _one_by_one(self, conn: Conn, batch: list[_Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -205,6 +248,8 @@ class LedgerBatcher:
         """Wait for the calls on their way (their requests are waiting for them)."""
         while self._runners:
             await asyncio.gather(*list(self._runners), return_exceptions=True)
+        while self._idle:
+            await self._pool.release(self._idle.pop())
 
 
 def _live(batch: list[_Pending], now: float) -> list[_Pending]:
@@ -218,6 +263,15 @@ def _live(batch: list[_Pending], now: float) -> list[_Pending]:
             continue
         live.append(pending)
     return live
+
+
+def _usable(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """Open, and not in a transaction. (A connection lost while kept here was given back to the
+    pool by asyncpg itself, which detaches it: any call on it then raises InterfaceError.)"""
+    try:
+        return not conn.is_closed() and not conn.is_in_transaction()
+    except asyncpg.InterfaceError:
+        return False
 
 
 def _settle(pending: _Pending, result: ledger.AuthorizeResult) -> None:

@@ -1,14 +1,16 @@
 """Group commit (authz/batcher.py): requests that queue behind a busy ledger are decided together
 in one transaction, each exactly as a call of its own would decide it; a request that breaks its
 batch is decided alone and does not take its neighbours with it; a request past its deadline is
-not sent. Against the test database, through the real ``hf_authorize_batch``."""
+not sent; a slot keeps its connection between calls, but never one that failed, and never so
+many that the pool has none left. Against the test database, through the real
+``hf_authorize_batch``."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import asyncpg
@@ -33,10 +35,38 @@ def item(card_id: str, amount: int, currency: str = "GBP", *, request_id: str | 
         now + dt.timedelta(days=7), "m-1", "Corner Shop", "5411", "GB", "pos", False, False)
 
 
+_made: list[LedgerBatcher] = []
+
+
 def batcher(db: asyncpg.Pool, metrics: Metrics, *, inflight: int, max_batch: int = 64
             ) -> LedgerBatcher:
-    return LedgerBatcher(db, metrics, stand_in_cap_minor=10_000, max_batch=max_batch,
-                         max_inflight=inflight)
+    b = LedgerBatcher(db, metrics, stand_in_cap_minor=10_000, max_batch=max_batch,
+                      max_inflight=inflight)
+    _made.append(b)
+    return b
+
+
+@pytest.fixture(autouse=True)
+async def _close_batchers() -> AsyncIterator[None]:
+    """A batcher keeps pooled connections until it is closed: a test that fails before its own
+    close() must not leave them taken (the shared pool would never close)."""
+    yield
+    while _made:
+        await _made.pop().close()
+
+
+def backend_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, int]]:
+    """Each ledger call's connection and its backend's pid, in call order."""
+    seen: list[tuple[Any, int]] = []
+    real = ledger.authorize_many
+
+    async def spy(db_: Any, items: Sequence[ledger.AuthorizeItem], **kw: Any
+                  ) -> list[ledger.AuthorizeResult]:
+        seen.append((db_, await db_.fetchval("SELECT pg_backend_pid()")))
+        return await real(db_, items, **kw)
+
+    monkeypatch.setattr(ledger, "authorize_many", spy)
+    return seen
 
 
 def sample(metrics: Metrics, name: str) -> float:
@@ -258,5 +288,97 @@ async def test_a_pooled_connection_outlives_asyncpgs_query_limit(settings: Setti
             for _ in range(50_001):
                 await conn.execute("SELECT 1")
         assert await pool.fetchval("SELECT pg_backend_pid()") == backend
+    finally:
+        await pool.close()
+
+
+def _open(conn: Any) -> bool:
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:  # asyncpg gave the lost connection back to the pool
+        return False
+
+
+async def test_a_slot_keeps_its_connection_between_calls_and_gives_it_back_on_close(
+        api: Api, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three coffees one after another: one connection carries all three calls (taking one from
+    the pool and giving it back cost a call more than its own round trip); closing the batcher
+    gives it back."""
+    card = await api.card(await api.account("GBP", funds=1_000))
+    seen = backend_spy(monkeypatch)
+    b = batcher(db, Metrics(), inflight=1)
+    idle_before = db.get_idle_size()
+    for _ in range(3):
+        (result,) = await submit_all(b, [item(card, 100)])
+        assert isinstance(result, ledger.AuthorizeResult) and result.approved
+    assert len({pid for _, pid in seen}) == 1
+    assert db.get_idle_size() == idle_before - 1
+    await b.close()
+    assert db.get_idle_size() == idle_before
+
+
+async def test_a_connection_lost_between_calls_is_replaced(
+        api: Api, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kept connection's backend is terminated (a failover, an operator) while no call is
+    running: the next request goes out on a new connection and is approved."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    seen = backend_spy(monkeypatch)
+    b = batcher(db, Metrics(), inflight=1)
+    await submit_all(b, [item(card, 100)])
+    kept, pid = seen[0]
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+    for _ in range(500):  # the client sees the socket close on its next read
+        if not _open(kept):
+            break
+        await asyncio.sleep(0.01)
+    assert not _open(kept)
+
+    (result,) = await submit_all(b, [item(card, 100)])
+    assert isinstance(result, ledger.AuthorizeResult) and result.approved
+    assert seen[1][1] != pid
+    assert await open_holds(db, acct) == (2, 200)
+
+
+async def test_after_a_call_timed_out_the_next_is_decided_cleanly(
+        api: Api, db: asyncpg.Pool, settings: Settings) -> None:
+    """An account locked elsewhere (a slow settlement job) holds a call past its deadline: the
+    call is cancelled in PostgreSQL (its connection goes back to the pool, which waits for the
+    cancellation), and the next call, once the lock is gone, is decided as if the first had
+    never been sent."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    b = batcher(db, Metrics(), inflight=1)
+    first = item(card, 100)
+    locker = await asyncpg.connect(settings.database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE", acct)
+            (timed_out,) = await submit_all(b, [first], timeout_s=0.3)
+            assert isinstance(timed_out, TimeoutError)
+    finally:
+        await locker.close()
+
+    (result,) = await submit_all(b, [item(card, 250)])
+    assert isinstance(result, ledger.AuthorizeResult) and result.approved
+    assert await db.fetchval("SELECT count(*) FROM authorization_requests WHERE provider_id = $1",
+                             first.provider_id) == 0
+    assert await open_holds(db, acct) == (1, 250)
+
+
+async def test_a_small_pool_keeps_connections_for_its_other_users(
+        api: Api, settings: Settings) -> None:
+    """Four ledger slots on a pool of four: after a burst the batcher keeps two idle at most,
+    so a cache miss's read-through or a management route still finds one at once."""
+    card = await api.card(await api.account("GBP", funds=100_000))
+    pool = await create_pool(settings, size=4)
+    try:
+        b = batcher(pool, Metrics(), inflight=4, max_batch=2)
+        results = await submit_all(b, [item(card, 10) for _ in range(40)])
+        assert all(isinstance(r, ledger.AuthorizeResult) and r.approved for r in results)
+        async with asyncio.timeout(1):
+            async with pool.acquire() as c1, pool.acquire() as c2:
+                assert await c1.fetchval("SELECT 1") == await c2.fetchval("SELECT 1") == 1
+        await b.close()
     finally:
         await pool.close()
