@@ -368,17 +368,20 @@ async def test_after_a_call_timed_out_the_next_is_decided_cleanly(
 
 async def test_a_small_pool_keeps_connections_for_its_other_users(
         api: Api, settings: Settings) -> None:
-    """Four ledger slots on a pool of four: after a burst the batcher keeps two idle at most,
-    so a cache miss's read-through or a management route still finds one at once."""
-    card = await api.card(await api.account("GBP", funds=100_000))
+    """Four ledger slots on a pool of four, eight cardholders at once (so all four slots run):
+    after the burst the batcher keeps two idle at most, so a cache miss's read-through or a
+    management route still finds one at once."""
+    cards = [await api.card(await api.account("GBP", funds=100_000)) for _ in range(8)]
     pool = await create_pool(settings, size=4)
+    metrics = Metrics()
+    b = batcher(pool, metrics, inflight=4, max_batch=2)
     try:
-        b = batcher(pool, Metrics(), inflight=4, max_batch=2)
-        results = await submit_all(b, [item(card, 10) for _ in range(40)])
+        results = await submit_all(b, [item(cards[i % 8], 10) for i in range(40)])
+        assert sample(metrics, "holdfast_pg_batch_size_count") >= 8  # batches, not one queue
         assert all(isinstance(r, ledger.AuthorizeResult) and r.approved for r in results)
         async with asyncio.timeout(1):
             async with pool.acquire() as c1, pool.acquire() as c2:
                 assert await c1.fetchval("SELECT 1") == await c2.fetchval("SELECT 1") == 1
-        await b.close()
     finally:
+        await b.close()  # before the pool: it waits for every connection to come back
         await pool.close()
