@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -60,6 +62,33 @@ async def test_concurrent_calls_each_get_their_own_reply() -> None:
         key = f"hft:{RUN_ID}:resp:never-set-int"
         assert await fast.call("INCRBY", key, 0) == 0
         assert await fast.call("DEL", key) == 1
+
+
+async def test_a_lone_command_goes_out_at_once_and_one_behind_it_at_the_end_of_the_turn(
+) -> None:
+    """Nothing unanswered: the command is written before its caller yields (a blocking client
+    sees its effect while this event loop has not run since). One sent while another is
+    unanswered waits for the end of the loop's turn, with whatever else that turn sends."""
+    sync = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    first, second = f"hft:{RUN_ID}:resp:at-once", f"hft:{RUN_ID}:resp:end-of-turn"
+    try:
+        async with _connected() as fast:
+            assert await fast.call("PING") == "PONG"  # connected, nothing unanswered
+            proto = fast._proto
+            assert proto is not None and not proto.pending
+            loop = asyncio.get_running_loop()
+            alone = proto.request(pack("SET", first, "1"), loop)
+            behind = proto.request(pack("SET", second, "2"), loop)
+            deadline = time.monotonic() + 2.0  # (blocking: the loop does not run meanwhile)
+            while sync.get(first) is None and time.monotonic() < deadline:
+                time.sleep(0.005)  # noqa: ASYNC251 (the loop must not run)
+            assert sync.get(first) == "1"
+            assert sync.get(second) is None  # not written: the turn has not ended
+            assert list(await asyncio.gather(alone, behind)) == ["OK", "OK"]
+            assert sync.get(second) == "2"
+    finally:
+        sync.delete(first, second)
+        sync.close()
 
 
 async def test_error_replies_are_redis_errors_and_the_connection_goes_on() -> None:
