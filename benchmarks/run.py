@@ -33,7 +33,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from benchmarks import dataset, harness
+from benchmarks import dataset, harness, machine
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
 from benchmarks.report import (
@@ -359,6 +359,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         await dataset.warm_cache(bench.redis_url, bench.prefix, _DEDUPE_TTL_S, args.cards)
         print(f"seeded {args.cards:,} cardholders and their policy cache in "
               f"{time.perf_counter() - started:.1f} s", flush=True)
+        idle = await machine.idle_cost(bench.db_url)
+        context.environment.append(("a lone INSERT + commit (what idling costs here)", idle))
+        print(f"a lone INSERT + commit: {idle}", flush=True)
         servers = await _start_servers(bench)
         print(f"holdfast on :{servers[HOLDFAST].port} (pid {servers[HOLDFAST].pid}), "
               f"raw stack on :{servers[RAW].port} (pid {servers[RAW].pid})", flush=True)

@@ -1,0 +1,78 @@
+"""How much this machine charges for being idle: one committed ``INSERT`` timed back to back and
+timed again with the CPUs left idle a few milliseconds before each.
+
+On a virtual machine whose virtual CPUs halt when idle, the same statement can cost its backend
+two to three times the CPU, and its caller twice the time, right after an idle spell (caches
+taken by other tenants, the CPU woken from a halt). Below saturation most of a request's hops
+land on such a CPU, so this ratio moves the benchmark's latency at 1,000/s from run to run as
+much as any code change (benchmarks/README.md, "Session 14"). The report prints it with each
+run so two runs can be read side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from pathlib import Path
+from typing import Final
+
+import asyncpg
+
+__all__ = ["idle_cost"]
+
+_BLOCKS: Final = 4  # alternating blocks of each kind, so a drift of the machine hits both
+_CALLS: Final = 50  # per block
+_IDLE_S: Final = 0.003
+
+
+def _backend_cpu_ns(pid: int) -> int | None:
+    """The backend's CPU time so far, when PostgreSQL runs on this machine."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+async def idle_cost(db_url: str) -> str:
+    """One line for the report: the median latency (and backend CPU, when readable) of a lone
+    ``INSERT`` + commit back to back and with ``_IDLE_S`` of idle before each."""
+    table = f"bench_idle_probe_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(f"CREATE TABLE {table} (id bigint GENERATED ALWAYS AS IDENTITY "
+                           "PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())")
+        insert = await conn.prepare(f"INSERT INTO {table} DEFAULT VALUES")
+        pid = conn.get_server_pid()
+        latency: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        for block in range(2 * _BLOCKS):
+            idle = block % 2 == 1
+            before = _backend_cpu_ns(pid)
+            for _ in range(_CALLS):
+                if idle:
+                    await asyncio.sleep(_IDLE_S)
+                started = time.perf_counter()
+                await insert.fetch()
+                latency[idle].append(time.perf_counter() - started)
+            after = _backend_cpu_ns(pid)
+            if before is not None and after is not None:
+                cpu[idle].append((after - before) / _CALLS)
+    finally:
+        with contextlib.suppress(asyncpg.PostgresError, OSError):
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+    warm, cold = _median(latency[False]) * 1e6, _median(latency[True]) * 1e6
+    line = (f"{warm:,.0f} µs back to back, {cold:,.0f} µs {_IDLE_S * 1000:g} ms apart "
+            f"({cold / warm:.1f} x)")
+    if cpu[False] and cpu[True]:
+        warm_cpu, cold_cpu = _median(cpu[False]) / 1000, _median(cpu[True]) / 1000
+        line += (f"; its backend's CPU {warm_cpu:,.0f} and {cold_cpu:,.0f} µs "
+                 f"({cold_cpu / warm_cpu:.1f} x)")
+    return line
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
