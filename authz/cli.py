@@ -26,6 +26,8 @@ from authz.payments_cli import (
     run_payments_worker,
     sandbox_command,
 )
+from authz.scheduling import check_workers, run_realtime
+from authz.scheduling import current as current_priority
 from authz.settings import Settings, SettingsError
 from authz.tls import server_ssl_context
 from authz.workers import MAX_WORKERS, supervise
@@ -87,7 +89,10 @@ async def _verify(settings: Settings) -> int:
 
 async def _serve(settings: Settings, worker_index: int | None = None) -> int:
     ssl_context = server_ssl_context(settings)  # before anything starts: bad files fail fast
+    if settings.realtime_priority:
+        run_realtime(settings.realtime_priority)  # before any thread starts: they inherit it
     app = make_app(settings)
+    app[METRICS].realtime_priority.set(current_priority())
     runner = await start_runner(app, access_log=None, handle_signals=False)
     site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=2048,
                        ssl_context=ssl_context)
@@ -229,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             if not 1 <= args.workers <= MAX_WORKERS:
                 parser.error(f"--workers must be between 1 and {MAX_WORKERS}")
+            check_workers(args.workers, settings.realtime_priority)
             if args.workers > 1:
                 return supervise(args.workers)
             return _run(_serve(settings, args.worker_index))

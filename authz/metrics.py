@@ -64,6 +64,11 @@ class Metrics:
         self.postgres_errors = Counter(
             "holdfast_postgres_errors_total", "PostgreSQL calls that failed", ["op"], registry=r,
         )
+        self.realtime_priority = Gauge(
+            "holdfast_realtime_priority",
+            "The event loop's SCHED_FIFO priority (HOLDFAST_REALTIME_PRIORITY); 0: the fair "
+            "scheduler", registry=r,
+        )
         self.stand_in = Gauge(
             "holdfast_stand_in_active", "1 while decisions are made without Redis (stand-in)",
             registry=r,

@@ -94,6 +94,9 @@ class Settings:
     pg_batch_inflight: int = 2
     pg_batch_max: int = 64
     pg_command_timeout_s: float = 5.0
+    # 1..99: `serve` runs its event loop under SCHED_FIFO at this priority (authz/scheduling.py);
+    # 0, the default: the kernel's fair scheduler
+    realtime_priority: int = 0
     dedupe_ttl_s: int = 3600
     hold_window_s: int = 7 * 86400
     hold_window_long_s: int = 30 * 86400
@@ -170,6 +173,7 @@ class Settings:
             pg_pool_size=_int(env, "HOLDFAST_PG_POOL_SIZE", 16, 1, 500),
             pg_batch_inflight=_int(env, "HOLDFAST_PG_BATCH_INFLIGHT", 2, 1, 500),
             pg_batch_max=_int(env, "HOLDFAST_PG_BATCH_MAX", 64, 1, 1000),
+            realtime_priority=_int(env, "HOLDFAST_REALTIME_PRIORITY", 0, 0, 99),
             dedupe_ttl_s=_int(env, "HOLDFAST_DEDUPE_TTL_S", 3600, 60, 30 * 86400),
             hold_window_s=_int(env, "HOLDFAST_HOLD_WINDOW_S", 7 * 86400, 60, 90 * 86400),
             hold_window_long_s=_int(

@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 
 from authz.app import create_pool, hotpath_redis
+from authz.scheduling import SchedulingError, run_realtime
 from authz.settings import Settings
 from policies.resp import PipelinedRedis
 
@@ -168,6 +169,8 @@ def make_app(settings: Settings, writes: str = "insert") -> web.Application:
 
 
 async def _serve(settings: Settings, writes: str) -> int:
+    if settings.realtime_priority:  # as authz.cli._serve: both servers scheduled alike
+        run_realtime(settings.realtime_priority)
     # as authz.cli._serve: no access log, SO_REUSEPORT, the same backlog
     runner = web.AppRunner(make_app(settings, writes), access_log=None, handle_signals=False)
     await runner.setup()
@@ -193,7 +196,11 @@ def main() -> int:
         print(f"HOLDFAST_RAW_WRITES must be insert or ledger, not {writes!r}", file=sys.stderr)
         return 2
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_serve(settings, writes))
+        try:
+            return runner.run(_serve(settings, writes))
+        except SchedulingError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,189 @@
+"""``HOLDFAST_REALTIME_PRIORITY``: ``holdfast serve`` runs its event loop under ``SCHED_FIFO``
+when asked and permitted, refuses to start when it is not permitted, and refuses real-time
+workers that would leave no core to PostgreSQL and Redis (authz/scheduling.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from authz import cli
+from authz.scheduling import SchedulingError, check_workers
+from authz.settings import Settings, SettingsError
+from authz.signatures import sign_native
+from tests.support import Api, auth_body
+
+REPO = Path(__file__).resolve().parents[1]
+PRIORITY = 7
+STARTUP_S = 30.0
+NOBODY = 65534
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def may_use_realtime(priority: int) -> bool:
+    return os.geteuid() == 0 or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
+
+
+def serve_env(settings: Settings, secret: str, port: int, priority: int) -> dict[str, str]:
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("HOLDFAST_")},
+        "HOLDFAST_DATABASE_URL": settings.database_url,
+        "HOLDFAST_REDIS_URL": settings.redis_url,
+        "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
+        "HOLDFAST_PORT": str(port),
+        "HOLDFAST_WEBHOOK_SECRET": secret,
+        "HOLDFAST_PG_POOL_SIZE": "4",
+        "HOLDFAST_DECISION_DEADLINE_MS": "5000",
+        "HOLDFAST_REDIS_TIMEOUT_MS": "2000",
+        "HOLDFAST_LOG_LEVEL": "WARNING",
+        "HOLDFAST_REALTIME_PRIORITY": str(priority),
+    }
+
+
+@pytest.fixture
+def realtime_server(settings: Settings, api: Api, tmp_path: Path
+                    ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    if not may_use_realtime(PRIORITY):
+        pytest.skip("this user may not use real-time priority (not root, RLIMIT_RTPRIO 0)")
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "authz.cli", "serve"], cwd=REPO,
+            env=serve_env(settings, api.secret, port, PRIORITY), stdout=log,
+            stderr=subprocess.STDOUT)
+    try:
+        yield proc, f"http://127.0.0.1:{port}", log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> int:
+    deadline = time.monotonic() + STARTUP_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(base_url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return int((await resp.json())["pid"])
+            await asyncio.sleep(0.05)  # bounded by the deadline
+    pytest.fail(f"the server did not answer (exit {proc.poll()}):\n{tail(log_path)}")
+
+
+def tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-3000:]
+
+
+async def test_a_server_asked_for_realtime_priority_decides_under_sched_fifo(
+        api: Api, realtime_server: tuple[subprocess.Popen[bytes], str, Path]) -> None:
+    proc, base_url, log_path = realtime_server
+    acct = await api.account("GBP", funds=10_000)
+    card = await api.card(acct)
+
+    pid = await wait_healthy(proc, base_url, log_path)
+    assert pid == proc.pid
+    # the loop's thread (the process's main thread) runs under SCHED_FIFO at the priority
+    # asked for, and what it would start inherits none of it
+    policy = os.sched_getscheduler(pid)
+    assert policy & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+    assert policy & os.SCHED_RESET_ON_FORK
+    assert os.sched_getparam(pid).sched_priority == PRIORITY
+
+    raw = orjson.dumps(auth_body(card, 2_500))
+    headers = {"Content-Type": "application/json",
+               "Holdfast-Signature": sign_native(api.secret, int(time.time()), raw)}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(base_url + "/v1/authorize", data=raw, headers=headers) as resp:
+            assert resp.status == 200
+            body = orjson.loads(await resp.read())
+        async with session.get(base_url + "/metrics") as resp:
+            exposition = await resp.text()
+    assert body["decision"] == "approve"
+    assert (await api.balances(acct))["held"] == 2_500
+    assert f"holdfast_realtime_priority {float(PRIORITY)}" in exposition
+
+
+def test_without_the_privilege_serve_refuses_to_start_and_says_what_it_needs(
+        settings: Settings, api: Api) -> None:
+    """In a child process stripped of root (or never root): ``holdfast serve`` exits 2 with a
+    configuration error naming what it needs, and never listens."""
+    if os.geteuid() != 0 and resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 99:
+        pytest.skip("this user may use real-time priority without root")
+    port = free_port()
+    env = serve_env(settings, api.secret, port, 99)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, run the command, report through its exit status
+        code = 70
+        signal.alarm(30)  # were the setting ignored, the server would run: end it
+        try:
+            os.dup2(write_end, 2)
+            sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 (the child exits below)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+            os.environ.clear()
+            os.environ.update(env)
+            code = cli.main(["serve"])
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(read_end, "rb") as err:
+        stderr = err.read().decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 2, stderr
+    assert "configuration error: cannot run the server at real-time priority 99" in stderr
+    assert "CAP_SYS_NICE" in stderr and "HOLDFAST_REALTIME_PRIORITY" in stderr
+    assert "Traceback" not in stderr
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing ever listened there
+
+
+def test_realtime_workers_must_leave_a_core_for_postgresql_and_redis(
+        settings: Settings, api: Api, tmp_path: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    env = serve_env(settings, api.secret, free_port(), PRIORITY)
+    done = subprocess.run(
+        [sys.executable, "-m", "authz.cli", "serve", "--workers", str(cores)], cwd=REPO,
+        env=env, capture_output=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert (f"{cores} workers at real-time priority on {cores} cores would leave PostgreSQL "
+            "and Redis no core").encode() in done.stderr
+    # one fewer is allowed, and without real-time priority any number within MAX_WORKERS
+    check_workers(cores - 1, PRIORITY)
+    check_workers(cores, 0)
+    with pytest.raises(SchedulingError):
+        check_workers(cores + 1, 1)
+
+
+def test_the_priority_is_read_once_and_checked() -> None:
+    assert Settings.from_env({}).realtime_priority == 0
+    assert Settings.from_env({"HOLDFAST_REALTIME_PRIORITY": "10"}).realtime_priority == 10
+    for bad in ("100", "-1", "high", "1.5"):
+        with pytest.raises(SettingsError, match="HOLDFAST_REALTIME_PRIORITY"):
+            Settings.from_env({"HOLDFAST_REALTIME_PRIORITY": bad})
