@@ -43,7 +43,7 @@ check: install
 	.venv/bin/mypy
 
 bench: install
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 # the expiry sweep of 1,000,000 expired holds under hot-path load (~5 min, ~1 GB of disk)
 bench-sweep: install
