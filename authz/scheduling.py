@@ -13,10 +13,11 @@ preempts it.
 
 What it costs, and the guards:
 
-- The process needs ``CAP_SYS_NICE`` (root, Docker ``--cap-add SYS_NICE``, Kubernetes
-  ``securityContext.capabilities.add: [SYS_NICE]``) or an ``RLIMIT_RTPRIO`` (``ulimit -r``) of
-  at least the priority. Without it ``serve`` refuses to start and says so: a setting asked
-  for and silently not applied would leave an operator measuring the wrong thing.
+- The process needs an ``RLIMIT_RTPRIO`` of at least the priority (``ulimit -r``; the image
+  runs as a user without privileges, so in Docker ``--ulimit rtprio=N``, in compose
+  ``ulimits: {rtprio: N}``) or ``CAP_SYS_NICE`` (root). Without either ``serve`` refuses to
+  start and says so: a setting asked for and silently not applied would leave an operator
+  measuring the wrong thing.
 - One process is one thread of work, so it can take one core at most, and the kernel's
   real-time throttling (``kernel.sched_rt_runtime_us``, 95 % by default) applies. ``serve
   --workers N`` with real-time priority needs N below the cores the process may use: N
@@ -36,9 +37,9 @@ __all__ = ["MAX_PRIORITY", "SchedulingError", "check_workers", "current", "run_r
 
 MAX_PRIORITY: Final = 99  # SCHED_FIFO's range on Linux is 1..99
 
-_HOW: Final = ("it needs CAP_SYS_NICE (root; Docker --cap-add SYS_NICE; Kubernetes "
-               "securityContext.capabilities.add: [SYS_NICE]) or an RLIMIT_RTPRIO of at least "
-               "the priority (ulimit -r); or unset HOLDFAST_REALTIME_PRIORITY")
+_HOW: Final = ("it needs an RLIMIT_RTPRIO of at least the priority (ulimit -r; Docker "
+               "--ulimit rtprio=N, compose ulimits: {rtprio: N}) or CAP_SYS_NICE (root); or "
+               "unset HOLDFAST_REALTIME_PRIORITY")
 
 
 class SchedulingError(SettingsError):

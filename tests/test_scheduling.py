@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from authz import cli
-from authz.scheduling import SchedulingError, check_workers
+from authz.scheduling import SchedulingError, check_workers, current, run_realtime
 from authz.settings import Settings, SettingsError
 from authz.signatures import sign_native
 from tests.support import Api, auth_body
@@ -187,3 +187,46 @@ def test_the_priority_is_read_once_and_checked() -> None:
     for bad in ("100", "-1", "high", "1.5"):
         with pytest.raises(SettingsError, match="HOLDFAST_REALTIME_PRIORITY"):
             Settings.from_env({"HOLDFAST_REALTIME_PRIORITY": bad})
+
+
+def in_child(action: Callable[[], object]) -> bool:
+    """Whether ``action`` runs without an error in a forked child (the test process keeps its
+    own limits)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+def test_a_user_without_privileges_may_with_an_rtprio_limit() -> None:
+    """The image runs as a user without privileges: ``--ulimit rtprio=N`` is its way in. A child
+    that drops root after raising its RLIMIT_RTPRIO to the priority gets SCHED_FIFO; one
+    priority above the limit is refused."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to raise RLIMIT_RTPRIO and then drop to an ordinary user")
+    if not in_child(lambda: resource.setrlimit(resource.RLIMIT_RTPRIO, (PRIORITY, PRIORITY))):
+        # raising the hard limit needs CAP_SYS_RESOURCE, which a container's root may lack
+        pytest.skip("this root may not raise RLIMIT_RTPRIO (no CAP_SYS_RESOURCE)")
+    pid = os.fork()
+    if pid == 0:
+        code = 70
+        try:
+            resource.setrlimit(resource.RLIMIT_RTPRIO, (PRIORITY, PRIORITY))
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            try:
+                run_realtime(PRIORITY + 1)
+                code = 71  # above the limit, yet allowed
+            except SchedulingError:
+                run_realtime(PRIORITY)
+                code = 0 if current() == PRIORITY else 72
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
