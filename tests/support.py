@@ -3,6 +3,7 @@ authenticates like an operator."""
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 import uuid
@@ -169,3 +170,10 @@ def auth_body(card_id: str, amount: int, currency: str = "GBP", **extra: Any) ->
         body["merchant"] = {**body["merchant"], **merchant}
     body.update(extra)
     return body
+
+
+def free_port() -> int:
+    """A loopback port free at the time of asking."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import pytest
 from authz.settings import Settings
 from authz.signatures import sign_native
 from holds.verify import verify
-from tests.support import Api, auth_body
+from tests.support import Api, auth_body, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -33,12 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 8
 KILL_AFTER_APPROVALS = 800  # the server dies mid-stream, once the stream is well under way
 STARTUP_S = 20.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:

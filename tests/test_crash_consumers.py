@@ -10,7 +10,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 
 from authz.settings import Settings
 from holds.verify import verify
-from tests.support import Api, uid
+from tests.support import Api, free_port, uid
 
 pytestmark = pytest.mark.slow
 
@@ -39,12 +38,6 @@ FUNDS = 1_000_000
 MIN_KILLS = 4
 STARTUP_S = 20.0
 APPLY_DEADLINE_S = 45.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Consumers:
@@ -68,13 +61,13 @@ class Consumers:
             "HOLDFAST_HOST": "127.0.0.1",
             "HOLDFAST_CONSUMER_METRICS_PORT": str(metrics_port),
             # the payments worker inside must reach no bank: a port nothing listens on
-            "HOLDFAST_BANK_URL": f"http://127.0.0.1:{_free_port()}/bank",
+            "HOLDFAST_BANK_URL": f"http://127.0.0.1:{free_port()}/bank",
             "HOLDFAST_SWEEP_INTERVAL_S": "3600",
             "HOLDFAST_LOG_LEVEL": "INFO",
         }
 
     def _spawn(self) -> tuple[subprocess.Popen[bytes], int]:
-        port = _free_port()
+        port = free_port()
         with self.log_path.open("ab") as log:
             proc = subprocess.Popen([sys.executable, "-m", "authz.cli", "consumers"], cwd=REPO,
                                     env=self._env(port), stdout=log, stderr=subprocess.STDOUT,

@@ -24,18 +24,12 @@ from authz import cli
 from authz.scheduling import SchedulingError, check_workers, current, run_realtime
 from authz.settings import Settings, SettingsError
 from authz.signatures import sign_native
-from tests.support import Api, auth_body
+from tests.support import Api, auth_body, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PRIORITY = 7
 STARTUP_S = 30.0
 NOBODY = 65534
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def may_use_realtime(priority: int) -> bool:
