@@ -175,7 +175,7 @@ def test_realtime_workers_must_leave_a_core_for_postgresql_and_redis(
         check_workers(cores + 1, 1)
 
 
-def test_the_priority_is_read_once_and_checked() -> None:
+def test_the_priority_setting_is_checked() -> None:
     assert Settings.from_env({}).realtime_priority == 0
     assert Settings.from_env({"HOLDFAST_REALTIME_PRIORITY": "10"}).realtime_priority == 10
     for bad in ("100", "-1", "high", "1.5"):
