@@ -74,4 +74,3 @@ async def idle_cost(db_url: str) -> str:
         line += (f"; its backend's CPU {warm_cpu:,.0f} and {cold_cpu:,.0f} µs "
                  f"({cold_cpu / warm_cpu:.1f} x)")
     return line
-

@@ -3,18 +3,31 @@ authenticates like an operator."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, Final, cast
 
 import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
+from authz.settings import Settings
 from authz.signatures import sign_native
+
+REPO: Final = Path(__file__).resolve().parents[1]
+SERVER_STARTUP_S: Final = 20.0
 
 
 @dataclass
@@ -177,3 +190,61 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """``python -m authz.cli serve`` on a fixed port; output goes to a log file."""
+
+    def __init__(self, settings: Settings, secret: str, port: int, log_path: Path,
+                 extra: Mapping[str, str] | None = None) -> None:
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self.env = {
+            **os.environ,
+            "HOLDFAST_DATABASE_URL": settings.database_url,
+            "HOLDFAST_REDIS_URL": settings.redis_url,
+            "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
+            "HOLDFAST_PORT": str(port),
+            "HOLDFAST_WEBHOOK_SECRET": secret,
+            "HOLDFAST_LOG_LEVEL": "WARNING",
+            **(extra or {}),
+        }
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as log:
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "authz.cli", "serve"], cwd=REPO, env=self.env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    @property
+    def current(self) -> subprocess.Popen[bytes]:
+        return self.procs[-1]
+
+    async def wait_healthy(self, session: aiohttp.ClientSession) -> None:
+        deadline = time.monotonic() + SERVER_STARTUP_S
+        while time.monotonic() < deadline:
+            if self.current.poll() is not None:
+                break
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(self.base_url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.05)  # bounded polling of /healthz only
+        log = self.log_path.read_text(errors="replace")[-2000:]
+        pytest.fail(f"server on port {self.port} did not become healthy "
+                    f"(exit {self.current.poll()}):\n{log}")
+
+    def kill(self) -> None:
+        proc = self.current
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)

@@ -5,11 +5,7 @@ requests get answers that agree with the ledger, and the ledger still proves its
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,70 +20,12 @@ import pytest
 from authz.settings import Settings
 from authz.signatures import sign_native
 from holds.verify import verify
-from tests.support import Api, auth_body, free_port
+from tests.support import Api, ServerProcess, auth_body, free_port
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 CLIENTS = 8
 KILL_AFTER_APPROVALS = 800  # the server dies mid-stream, once the stream is well under way
-STARTUP_S = 20.0
-
-
-class ServerProcess:
-    """``python -m authz.cli serve`` on a fixed port; output goes to a log file."""
-
-    def __init__(self, settings: Settings, secret: str, port: int, log_path: Path) -> None:
-        self.port = port
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "HOLDFAST_DATABASE_URL": settings.database_url,
-            "HOLDFAST_REDIS_URL": settings.redis_url,
-            "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
-            "HOLDFAST_PORT": str(port),
-            "HOLDFAST_WEBHOOK_SECRET": secret,
-            "HOLDFAST_LOG_LEVEL": "WARNING",
-        }
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.procs.append(subprocess.Popen(
-                [sys.executable, "-m", "authz.cli", "serve"], cwd=REPO, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
-
-    @property
-    def current(self) -> subprocess.Popen[bytes]:
-        return self.procs[-1]
-
-    async def wait_healthy(self, session: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + STARTUP_S
-        while time.monotonic() < deadline:
-            if self.current.poll() is not None:
-                break
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(self.base_url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            await asyncio.sleep(0.05)  # bounded polling of /healthz only
-        log = self.log_path.read_text(errors="replace")[-2000:]
-        pytest.fail(f"server on port {self.port} did not become healthy "
-                    f"(exit {self.current.poll()}):\n{log}")
-
-    def kill(self) -> None:
-        proc = self.current
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ workers that would leave no core to PostgreSQL and Redis (authz/scheduling.py)."
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
 import resource
 import signal
@@ -24,11 +22,9 @@ from authz import cli
 from authz.scheduling import SchedulingError, check_workers, current, run_realtime
 from authz.settings import Settings, SettingsError
 from authz.signatures import sign_native
-from tests.support import Api, auth_body, free_port
+from tests.support import REPO, Api, ServerProcess, auth_body, free_port
 
-REPO = Path(__file__).resolve().parents[1]
 PRIORITY = 7
-STARTUP_S = 30.0
 NOBODY = 65534
 
 
@@ -37,68 +33,38 @@ def may_use_realtime(priority: int) -> bool:
 
 
 def serve_env(settings: Settings, secret: str, port: int, priority: int) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("HOLDFAST_")},
-        "HOLDFAST_DATABASE_URL": settings.database_url,
-        "HOLDFAST_REDIS_URL": settings.redis_url,
-        "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
-        "HOLDFAST_PORT": str(port),
-        "HOLDFAST_WEBHOOK_SECRET": secret,
-        "HOLDFAST_PG_POOL_SIZE": "4",
-        "HOLDFAST_DECISION_DEADLINE_MS": "5000",
-        "HOLDFAST_REDIS_TIMEOUT_MS": "2000",
-        "HOLDFAST_LOG_LEVEL": "WARNING",
-        "HOLDFAST_REALTIME_PRIORITY": str(priority),
-    }
+    return ServerProcess(settings, secret, port, Path(os.devnull), extra(priority)).env
+
+
+def extra(priority: int) -> dict[str, str]:
+    return {"HOLDFAST_PG_POOL_SIZE": "4", "HOLDFAST_DECISION_DEADLINE_MS": "5000",
+            "HOLDFAST_REDIS_TIMEOUT_MS": "2000",
+            "HOLDFAST_REALTIME_PRIORITY": str(priority)}
 
 
 @pytest.fixture
-def realtime_server(settings: Settings, api: Api, tmp_path: Path
-                    ) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+def realtime_server(settings: Settings, api: Api, tmp_path: Path) -> Iterator[ServerProcess]:
     if not may_use_realtime(PRIORITY):
         pytest.skip("this user may not use real-time priority (not root, RLIMIT_RTPRIO 0)")
-    port = free_port()
-    log_path = tmp_path / "serve.log"
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "authz.cli", "serve"], cwd=REPO,
-            env=serve_env(settings, api.secret, port, PRIORITY), stdout=log,
-            stderr=subprocess.STDOUT)
+    server = ServerProcess(settings, api.secret, free_port(), tmp_path / "serve.log",
+                           extra(PRIORITY))
     try:
-        yield proc, f"http://127.0.0.1:{port}", log_path
+        yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-async def wait_healthy(proc: subprocess.Popen[bytes], base_url: str, log_path: Path) -> int:
-    deadline = time.monotonic() + STARTUP_S
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(aiohttp.ClientError, OSError):
-                async with session.get(base_url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return int((await resp.json())["pid"])
-            await asyncio.sleep(0.05)  # bounded by the deadline
-    pytest.fail(f"the server did not answer (exit {proc.poll()}):\n{tail(log_path)}")
-
-
-def tail(log_path: Path) -> str:
-    return log_path.read_text(errors="replace")[-3000:]
+        server.kill_all()
 
 
 async def test_a_server_asked_for_realtime_priority_decides_under_sched_fifo(
-        api: Api, realtime_server: tuple[subprocess.Popen[bytes], str, Path]) -> None:
-    proc, base_url, log_path = realtime_server
+        api: Api, realtime_server: ServerProcess) -> None:
     acct = await api.account("GBP", funds=10_000)
     card = await api.card(acct)
 
-    pid = await wait_healthy(proc, base_url, log_path)
-    assert pid == proc.pid
+    realtime_server.start()
+    async with aiohttp.ClientSession() as session:
+        await realtime_server.wait_healthy(session)
+        async with session.get(realtime_server.base_url + "/healthz") as resp:
+            pid = int((await resp.json())["pid"])
+    assert pid == realtime_server.current.pid
     # the loop's thread (the process's main thread) runs under SCHED_FIFO at the priority
     # asked for, and what it would start inherits none of it
     policy = os.sched_getscheduler(pid)
@@ -109,6 +75,7 @@ async def test_a_server_asked_for_realtime_priority_decides_under_sched_fifo(
     raw = orjson.dumps(auth_body(card, 2_500))
     headers = {"Content-Type": "application/json",
                "Holdfast-Signature": sign_native(api.secret, int(time.time()), raw)}
+    base_url = realtime_server.base_url
     async with aiohttp.ClientSession() as session:
         async with session.post(base_url + "/v1/authorize", data=raw, headers=headers) as resp:
             assert resp.status == 200
@@ -159,7 +126,7 @@ def test_without_the_privilege_serve_refuses_to_start_and_says_what_it_needs(
 
 
 def test_realtime_workers_must_leave_a_core_for_postgresql_and_redis(
-        settings: Settings, api: Api, tmp_path: Path) -> None:
+        settings: Settings, api: Api) -> None:
     cores = len(os.sched_getaffinity(0))
     env = serve_env(settings, api.secret, free_port(), PRIORITY)
     done = subprocess.run(
