@@ -39,12 +39,12 @@ if ARGV[10] == '1' then count_delta = 1 end
 local version = pol.pv
 
 local find = string.find
-local function listed(s, value)
-    return find(s, ',' .. value .. ',', 1, true) ~= nil
-end
--- a: allow list or nil, b: block list or nil (',code,code,'; absent = no rule)
+-- a: allow list or nil, b: block list or nil (',code,code,'; absent = no rule); a plain search
+-- for ',<value>,' finds exact members (one closure: each costs Redis ~900 instructions a call)
 local function refused_by(a, b, value)
-    return (a ~= nil and not listed(a, value)) or (b ~= nil and listed(b, value))
+    if a == nil and b == nil then return false end
+    local v = ',' .. value .. ','
+    return (a ~= nil and find(a, v, 1, true) == nil) or (b ~= nil and find(b, v, 1, true) ~= nil)
 end
 
 -- static rules, in the fixed order of precedence
@@ -82,7 +82,8 @@ if retention['m'] then current['m'] = math.floor(now / 60) end
 if retention['h'] then current['h'] = math.floor(now / 3600) end
 if retention['d'] then current['d'] = math.floor((now + (pol.tz or 0) * 60) / 86400) end
 
-local stale = {}      -- fields to delete: units no window uses, the earlier format's fields
+local stale = nil     -- fields to delete (made when there are any): units no window uses, the
+                      -- earlier format's fields
 local buckets_of = {} -- per unit in use, its buckets (a flat array, oldest first)
 local keep_from = {}  -- per unit, the first bucket (1-based) still within every window
 if nw > 0 then
@@ -101,6 +102,7 @@ if nw > 0 then
         if current[field] ~= nil then
             buckets_of[field] = unpack_buckets(v[i + 1])
         else
+            stale = stale or {}
             stale[#stale + 1] = field
             if #field > 1 then
                 -- the earlier format, one field per bucket and kind: '<unit><index><c|a>'
@@ -172,20 +174,32 @@ end
 -- each unit's buckets with this request added to the current one and those past every window
 -- dropped, in one HSET (the script is atomic: what it read is still what is stored)
 local buckets, fields = {}, {}
-for _, unit in ipairs({'m', 'h', 'd'}) do
+for k = 1, 3 do -- the units in a fixed order (not a table of them: ~1,000 instructions)
+    local unit = 'm'
+    if k == 2 then unit = 'h' elseif k == 3 then unit = 'd' end
     local cur = current[unit]
     if cur ~= nil then
-        local flat = buckets_of[unit]
-        add_to_bucket(flat, cur, count_delta, amount)
+        local flat, first = buckets_of[unit], keep_from[unit]
+        local n = #flat
+        local packed
+        if n == 0 or flat[n - 2] < cur then
+            -- the usual case, the first request of this bucket: packed after the kept ones,
+            -- without growing the table (its resize cost ~6,000 instructions a unit)
+            packed = struct.pack('<' .. BUCKET, cur, count_delta, amount)
+            if first * 3 - 2 <= n then packed = pack_buckets(flat, first) .. packed end
+        else
+            add_to_bucket(flat, cur, count_delta, amount)
+            packed = pack_buckets(flat, first)
+        end
         fields[#fields + 1] = unit
-        fields[#fields + 1] = pack_buckets(flat, keep_from[unit])
+        fields[#fields + 1] = packed
         buckets[#buckets + 1] = unit .. ':' .. fmt('%d', cur)
     end
 end
 if #fields > 0 then
     redis.call('HSET', KEYS[2], unpack(fields))
 end
-if #stale > 0 then
+if stale ~= nil then
     redis.call('HDEL', KEYS[2], unpack(stale))
 end
 local used = table.concat(buckets, ',')
