@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, cast
@@ -192,6 +192,31 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def server_env(settings: Settings, secret: str, port: int,
+               extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a ``holdfast serve`` started by a test: this run's database, Redis
+    and key prefix, ``port``, the webhook secret, quiet logs, then ``extra``."""
+    return {
+        **os.environ,
+        "HOLDFAST_DATABASE_URL": settings.database_url,
+        "HOLDFAST_REDIS_URL": settings.redis_url,
+        "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
+        "HOLDFAST_PORT": str(port),
+        "HOLDFAST_WEBHOOK_SECRET": secret,
+        "HOLDFAST_LOG_LEVEL": "WARNING",
+        **(extra or {}),
+    }
+
+
+def kill_all(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every process still running and reap it."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
 class ServerProcess:
     """``python -m authz.cli serve`` on a fixed port; output goes to a log file."""
 
@@ -200,16 +225,7 @@ class ServerProcess:
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
         self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "HOLDFAST_DATABASE_URL": settings.database_url,
-            "HOLDFAST_REDIS_URL": settings.redis_url,
-            "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
-            "HOLDFAST_PORT": str(port),
-            "HOLDFAST_WEBHOOK_SECRET": secret,
-            "HOLDFAST_LOG_LEVEL": "WARNING",
-            **(extra or {}),
-        }
+        self.env = server_env(settings, secret, port, extra)
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
@@ -243,8 +259,4 @@ class ServerProcess:
         proc.wait(timeout=10)
 
     def kill_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        kill_all(self.procs)

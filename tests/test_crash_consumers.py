@@ -25,7 +25,7 @@ import pytest
 
 from authz.settings import Settings
 from holds.verify import verify
-from tests.support import Api, free_port, uid
+from tests.support import Api, free_port, kill_all, uid
 
 pytestmark = pytest.mark.slow
 
@@ -114,11 +114,7 @@ class Consumers:
             assert proc.returncode == 0, self.log_path.read_text(errors="replace")[-2000:]
 
     def kill_all(self) -> None:
-        for proc in self.all:
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
+        kill_all(self.all)
 
 
 @pytest.fixture

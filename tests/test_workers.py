@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from authz.settings import Settings
 from authz.signatures import sign_native
-from tests.support import Api, auth_body
+from tests.support import Api, auth_body, server_env
 
 pytestmark = pytest.mark.slow
 
@@ -72,20 +72,13 @@ class Workers:
                          if not self.metrics_port <= port < self.metrics_port + WORKERS)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "HOLDFAST_DATABASE_URL": settings.database_url,
-            "HOLDFAST_REDIS_URL": settings.redis_url,
-            "HOLDFAST_REDIS_PREFIX": settings.redis_prefix,
-            "HOLDFAST_PORT": str(self.port),
+        self.env = server_env(settings, secret, self.port, {
             "HOLDFAST_WORKER_METRICS_PORT": str(self.metrics_port),
-            "HOLDFAST_WEBHOOK_SECRET": secret,
             "HOLDFAST_PG_POOL_SIZE": "4",
             # correctness, not time, on a shared machine (tests/test_resilience.py does time)
             "HOLDFAST_DECISION_DEADLINE_MS": "5000",
             "HOLDFAST_REDIS_TIMEOUT_MS": "2000",
-            "HOLDFAST_LOG_LEVEL": "WARNING",
-        }
+        })
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> subprocess.Popen[bytes]:
