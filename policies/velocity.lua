@@ -184,7 +184,8 @@ for k = 1, 3 do -- the units in a fixed order (not a table of them: ~1,000 instr
         local packed
         if n == 0 or flat[n - 2] < cur then
             -- the usual case, the first request of this bucket: packed after the kept ones,
-            -- without growing the table (its resize cost ~6,000 instructions a unit)
+            -- the table left alone (growing it by a bucket and packing that with the rest cost
+            -- ~6,000 instructions a unit)
             packed = struct.pack('<' .. BUCKET, cur, count_delta, amount)
             if first * 3 - 2 <= n then packed = pack_buckets(flat, first) .. packed end
         else
