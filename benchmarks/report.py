@@ -23,9 +23,11 @@ class Measured:
     target: str  # HOLDFAST or RAW
     round: int
     result: Result
-    # pgstats.pg_delta over the run; for Holdfast also ledger_batch_mean (authorisations per
-    # ledger call, from its batch-size histogram)
+    # pgstats.pg_delta over the run
     pg: dict[str, float] = field(default_factory=dict)
+    # Holdfast only: server_stages.means over the run (seconds; "batch": authorisations per
+    # ledger call)
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,13 +185,29 @@ def _rounds(measured: Sequence[Measured]) -> list[str]:
             _num(lat.p99, 2), _num(lat.p999, 2), _num(svc.p99, 2),
             "-" if lag is None else _num(lag.p99, 2), str(r.max_backlog),
             _num(m.pg.get("wal_bytes_per_commit", math.nan) / 1024, 1),
-            _num(m.pg["ledger_batch_mean"], 1) if "ledger_batch_mean" in m.pg else "-",
+            _num(m.stages["batch"], 1) if "batch" in m.stages else "-",
             _num(m.pg.get("other_commits_per_s", math.nan)), "; ".join(flags) or "-",
         ])
     return _table(["phase", "server", "round", "req/s", "p50 ms", "p99 ms", "p99.9 ms",
                    "service p99 ms", "send lag p99 ms", "max queue", "WAL KiB/commit",
                    "authorisations per ledger call", "other DBs' commits/s", "problems"],
                   rows, "lllrrrrrrrrrrl")
+
+
+def _stages(measured: Sequence[Measured]) -> list[str]:
+    rows = []
+    for m in measured:
+        s = m.stages
+        if "decision" not in s:
+            continue
+        ms = [s.get(k, math.nan) * 1000 for k in ("decision", "redis", "ledger_wait",
+                                                   "ledger_call")]
+        rest = ms[0] - ms[1] - ms[2]
+        rows.append([m.phase, str(m.round), *(_num(x, 2) for x in ms),
+                     _num(ms[2] - ms[3], 2), _num(rest, 2)])
+    return _table(["phase", "round", "request in to answer out", "Redis decision",
+                   "ledger: handed over to answer back", "ledger call",
+                   "ledger: slot and event-loop waits", "the rest"], rows, "llrrrrrr")
 
 
 def _cpu(measured: Sequence[Measured], phases: Sequence[str]) -> list[str]:
@@ -262,6 +280,18 @@ def render(measured: Sequence[Measured], phases: Sequence[str], targets: Targets
               "processes; Redis is shared with anything else using it); machine busy and steal "
               "are shares of all cores.", ""]
     lines += _cpu(measured, phases)
+    stage_rows = _stages(measured)
+    if len(stage_rows) > 2:
+        lines += ["", "## Where a Holdfast request's time went (server side)", "",
+                  "Means in ms over each run, from Holdfast's own histograms "
+                  "(`benchmarks/server_stages.py`): request in to answer out holds the Redis "
+                  "decision and the time from handing the request to the ledger batcher to its "
+                  "answer being back, which holds the ledger call it went out in (shared with "
+                  "the other authorisations of that call) and the waits for a free slot and for "
+                  "the event loop's turns; the rest is reading the body, its signature, "
+                  "parsing it and the decision's own steps. Outside it: aiohttp's parsing of "
+                  "the request before the handler, and the answer's encoding and write.",
+                  "", *stage_rows]
     lines += ["", "## Holdfast decisions (measured windows)", "", *_reasons(measured)]
     if context.ledger:
         lines += ["", "## Ledger after the run", ""] + [f"- {x}" for x in context.ledger]

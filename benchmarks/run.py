@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 import orjson
 
-from benchmarks import dataset, harness, machine
+from benchmarks import dataset, harness, machine, server_stages
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
 from benchmarks.report import (
@@ -195,26 +194,9 @@ async def _postgres_pids(bench: _Bench) -> list[int] | None:
     return [r["pid"] for r in rows]
 
 
-async def _ledger_batches(server: ServerProcess) -> tuple[float, float] | None:
-    """(authorisations, ledger calls) so far, from the server's ``holdfast_pg_batch_size``
-    histogram; None for a server without it (the raw stack)."""
-    if server.name != HOLDFAST:
-        return None
-    try:
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{server.port}/metrics",
-                timeout=aiohttp.ClientTimeout(total=5)) as response:
-            text = await response.text()
-    except (aiohttp.ClientError, TimeoutError):
-        return None
-    values = {}
-    for line in text.splitlines():
-        name, _, value = line.partition(" ")
-        if name in ("holdfast_pg_batch_size_sum", "holdfast_pg_batch_size_count"):
-            values[name] = float(value)
-    if len(values) != 2:
-        return None
-    return values["holdfast_pg_batch_size_sum"], values["holdfast_pg_batch_size_count"]
+async def _stages(server: ServerProcess) -> server_stages.Sample | None:
+    """Holdfast's stage histograms now; None for the raw stack, which has none."""
+    return await server_stages.sample(server.port) if server.name == HOLDFAST else None
 
 
 async def _load(bench: _Bench, server: ServerProcess, spec: Spec) -> Result:
@@ -300,17 +282,16 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
             # their statistics (at most once a second) so the samples frame this run only
             await asyncio.sleep(_PAUSE_S)
             before = await pg_sample(bench.pg_admin, bench.db_name)
-            batches_before = await _ledger_batches(servers[name])
+            stages_before = await _stages(servers[name])
             tag = f"{phase.replace(':', '').replace('@', '-')}.{round_}"
             result = await _load(bench, servers[name], spec(servers[name], tag, seed, **kw))
             await asyncio.sleep(_PAUSE_S)
             after = await pg_sample(bench.pg_admin, bench.db_name)
             pg = pg_delta(before, after)
-            batches_after = await _ledger_batches(servers[name])
-            if batches_before and batches_after and batches_after[1] > batches_before[1]:
-                pg["ledger_batch_mean"] = ((batches_after[0] - batches_before[0])
-                                           / (batches_after[1] - batches_before[1]))
-            m = Measured(phase, name, round_, result, pg)
+            stages_after = await _stages(servers[name])
+            stages = ({} if stages_before is None or stages_after is None
+                      else server_stages.means(stages_before, stages_after))
+            m = Measured(phase, name, round_, result, pg, stages)
             measured.append(m)
             print(_describe(m), flush=True)
     return measured, list(dict.fromkeys(p for p, _, _ in plan))
