@@ -288,7 +288,9 @@ def render(measured: Sequence[Measured], phases: Sequence[str], targets: Targets
                   "decision and the time from handing the request to the ledger batcher to its "
                   "answer being back, which holds the ledger call it went out in (shared with "
                   "the other authorisations of that call) and the waits for a free slot and for "
-                  "the event loop's turns; the rest is reading the body, its signature, "
+                  "the event loop's turns (the call's mean is per call, the others per "
+                  "request: where batches vary, larger calls weigh more per request, and the "
+                  "waits column is an upper bound); the rest is reading the body, its signature, "
                   "parsing it and the decision's own steps. Outside it: aiohttp's parsing of "
                   "the request before the handler, and the answer's encoding and write.",
                   "", *stage_rows]
