@@ -11,8 +11,9 @@ ledger functions would have written.
   accounts need no million journal transactions; ``available = posted - held + overdraft`` is
   the same figure to the hot path. Without it, funds go through ``hf_deposit`` as in
   ``benchmarks.dataset.seed`` (fine up to ~100,000 accounts).
-- **History** (:func:`load_history`): ``authorizations`` + ``authorization_requests`` (one
-  initial request each, plus an incremental for a share), the hold's columns filled for the
+- **History** (:func:`load_history`): ``authorizations`` (each with the initial request that
+  created it on its row, migration 0017) + ``followup_requests`` (an incremental for a share),
+  the hold's columns filled for the
   approved ones (the ``holds`` view), in
   the shares of a :class:`Mix`: declined (no hold), open and already past its window (what the
   expiry sweep releases), open within its window, expired (released by an earlier sweep),
@@ -90,7 +91,13 @@ _AUTH_COLUMNS: Final = ("id", "provider", "provider_id", "card_id", "account_id"
                         # the hold, on its authorisation's row (migration 0011)
                         "hold_state", "hold_authorized", "hold_posted", "hold_over_posted",
                         "hold_released", "hold_remaining", "hold_expires_at", "hold_created_at",
-                        "hold_updated_at", "hold_forced")
+                        "hold_updated_at", "hold_forced",
+                        # the request that created it, on its row too (migration 0017)
+                        "request_sequence", "request_amount", "request_partial",
+                        "request_approved", "request_reason", "request_stand_in",
+                        "request_policy_version", "request_counters", "request_hash",
+                        "request_counted")
+# the other requests (an incremental here)
 _REQUEST_COLUMNS: Final = ("provider", "provider_id", "sequence", "authorization_id", "kind",
                            "amount", "currency", "partial_allowed", "decision",
                            "approved_amount", "reason", "stand_in", "policy_version",
@@ -328,9 +335,14 @@ _HOLD_STATE: Final = {"open_due": "open", "open_live": "open", "expired": "expir
                       "reversed": "closed"}
 
 
+def _counters(r: _Row) -> str:
+    return f'[["1h",{r.n % 5_000},{r.n % 7}],["1d",{r.n % 50_000},{r.n % 23}]]'
+
+
 def _auth_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[str]:
     ts = h.ts
     for r in rows:
+        loaded.requests += 1
         i = h.auth_id(r.n)
         card = r.card
         mcc, name, channel, _, _ = _MERCHANTS[r.merchant]
@@ -341,27 +353,22 @@ def _auth_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[s
                f"{_STATE[r.outcome]}\t{requested}\t{approved}\tm-{mcc}-{r.merchant_n}\t"
                f"{name} {r.merchant_n}\t{mcc}\t{_HOME[card.currency]}\t{channel}\t"
                f"{ts[r.created_min]}\t{ts[min(updated, len(ts) - 1)]}\t"
-               f"{_hold_fields(h, r, loaded)}\n")
+               f"{_hold_fields(h, r, loaded)}\t"
+               f"0\t{r.amount}\tf\t{r.amount if approved else 0}\t{r.reason}\tf\t1\t"
+               f"{_counters(r)}\t{(r.n * 0x9E3779B97F4A7C15) & ((1 << 128) - 1):032x}\tt\n")
 
 
 def _request_lines(h: _History, rows: Iterator[_Row], loaded: Loaded) -> Iterator[str]:
     ts = h.ts
     for r in rows:
-        loaded.requests += 1 + (r.increment > 0)
+        if not r.increment:
+            continue
+        loaded.requests += 1
         i = h.auth_id(r.n)
-        card = r.card
-        approved = r.outcome != "declined"
-        decision = "approve" if approved else "decline"
-        counters = f'[["1h",{r.n % 5_000},{r.n % 7}],["1d",{r.n % 50_000},{r.n % 23}]]'
-        yield (f"native\t{i}\t0\t{i}\tinitial\t{r.amount}\t{card.currency}\tf\t{decision}\t"
-               f"{r.amount if approved else 0}\t{r.reason}\tf\t1\t{counters}\t"
-               f"{(r.n * 0x9E3779B97F4A7C15) & ((1 << 128) - 1):032x}\tt\t"
-               f"{ts[r.created_min]}\n")
-        if r.increment:
-            yield (f"native\t{i}.inc\t0\t{i}\tincremental\t{r.increment}\t{card.currency}\tf\t"
-                   f"approve\t{r.increment}\tapproved\tf\t1\t{counters}\t"
-                   f"{(r.n * 0xC2B2AE3D27D4EB4F) & ((1 << 128) - 1):032x}\tt\t"
-                   f"{ts[r.created_min + 30]}\n")
+        yield (f"native\t{i}.inc\t0\t{i}\tincremental\t{r.increment}\t{r.card.currency}\tf\t"
+               f"approve\t{r.increment}\tapproved\tf\t1\t{_counters(r)}\t"
+               f"{(r.n * 0xC2B2AE3D27D4EB4F) & ((1 << 128) - 1):032x}\tt\t"
+               f"{ts[r.created_min + 30]}\n")
 
 
 _NO_HOLD: Final = "\t".join(["\\N"] * 10)
@@ -429,11 +436,11 @@ async def load_history(url: str, cards: list[Card], count: int, mix: Mix, *, pre
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
             # FREEZE needs the tables truncated (or created) in this transaction
-            await conn.execute("TRUNCATE authorizations, authorization_requests")
+            await conn.execute("TRUNCATE authorizations, followup_requests")
             for table, columns, lines in (
                 ("authorizations", _AUTH_COLUMNS,
                  _auth_lines(history, history.rows(), loaded)),
-                ("authorization_requests", _REQUEST_COLUMNS,
+                ("followup_requests", _REQUEST_COLUMNS,
                  _request_lines(history, history.rows(), loaded)),
             ):
                 t0 = time.perf_counter()
@@ -469,8 +476,8 @@ async def check_references(url: str) -> list[str]:
         ("authorizations.account_id -> accounts",
          "SELECT count(*) FROM authorizations x WHERE x.account_id IS NOT NULL AND NOT EXISTS"
          " (SELECT 1 FROM accounts a WHERE a.id = x.account_id)"),
-        ("authorization_requests.authorization_id -> authorizations",
-         "SELECT count(*) FROM authorization_requests x WHERE NOT EXISTS"
+        ("followup_requests.authorization_id -> authorizations",
+         "SELECT count(*) FROM followup_requests x WHERE NOT EXISTS"
          " (SELECT 1 FROM authorizations a WHERE a.id = x.authorization_id)"),
         ("holds (account_id, currency) -> accounts",
          "SELECT count(*) FROM holds x WHERE NOT EXISTS (SELECT 1 FROM accounts a"

@@ -58,21 +58,19 @@ CREATE TABLE IF NOT EXISTS bench_raw_stack (
 )"""
 _INSERT: Final = "INSERT INTO bench_raw_stack (body_bytes) VALUES ($1) RETURNING id"
 # an approval's rows in Holdfast's tables, as hf_authorize writes them for a new authorisation
+# (its hold and the request that created it on its row: migrations 0011, 0017)
 _LEDGER_WRITE: Final = """
 WITH authorization_row AS (
     INSERT INTO authorizations (id, provider, provider_id, card_id, account_id, currency, state,
         requested_amount, approved_amount, merchant_id, merchant_name, mcc, country, channel,
         created_at, updated_at, hold_state, hold_authorized, hold_posted, hold_over_posted,
         hold_released, hold_remaining, hold_expires_at, hold_created_at, hold_updated_at,
-        hold_forced)
+        hold_forced, request_sequence, request_amount, request_partial, request_approved,
+        request_reason, request_stand_in, request_policy_version, request_counters,
+        request_hash, request_counted)
     VALUES ($1, 'raw', $1, $2, $3, $4, 'pending', $5, $5, 'raw', 'raw', '5999', 'GB', 'pos',
-        now(), now(), 'open', $5, 0, 0, 0, $5, now() + interval '7 days', now(), now(), false)),
-request_row AS (
-    INSERT INTO authorization_requests (provider, provider_id, sequence, authorization_id,
-        kind, amount, currency, partial_allowed, decision, approved_amount, reason, stand_in,
-        policy_version, counters, request_hash, counted, decided_at)
-    VALUES ('raw', $1, 0, $1, 'initial', $5, $4, false, 'approve', $5, 'approved', false, 1,
-        NULL, $1, true, now()))
+        now(), now(), 'open', $5, 0, 0, 0, $5, now() + interval '7 days', now(), now(), false,
+        0, $5, false, $5, 'approved', false, 1, NULL, $1, true))
 UPDATE accounts SET held = held + $5, updated_at = now() WHERE id = $3"""
 # each customer account's twin, for the raw stack's holds alone: approving without a funds
 # check, it must not spend what Holdfast decides on (its overdraft limit keeps `verify` clean)

@@ -8,10 +8,10 @@ Three targets, one ``holdfast serve`` process each, measured alternately (A B C,
 - **small**: a database of its own with 10,000 cards and no history -- what ``make bench``
   measures;
 - **big**: a database with 1,000,000 cards (accounts, cards, policies) and 10,000,000
-  authorisations on record (``benchmarks.bulk``: ``COPY ... FREEZE`` of authorizations,
-  authorization_requests and holds; ~5 % declined, ~2 % with an open hold in its window,
-  ~15 % expired, the rest reversed; ~3 % with an incremental), traffic over all 1,000,000 cards
-  (Zipf-skewed as in ``make bench``);
+  authorisations on record (``benchmarks.bulk``: ``COPY ... FREEZE`` of authorizations
+  with their initial requests and holds, and followup_requests; ~5 % declined, ~2 % with an
+  open hold in its window, ~15 % expired, the rest reversed; ~3 % with an incremental),
+  traffic over all 1,000,000 cards (Zipf-skewed as in ``make bench``);
 - **big, restricted**: the same big database and server, traffic restricted to its first
   10,000 cards (separates the cost of the tables' size from that of the working set).
 

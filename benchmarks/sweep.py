@@ -5,7 +5,7 @@ open-loop load, with hot-path latency before, during and after the sweep from ON
 
 1. A database of its own (``holdfast_bench_<random>``): 10,000 funded cardholders (as
    ``make bench``), then 1,000,000 approved authorisations whose holds are still open and past
-   their window (``benchmarks.bulk``: authorizations + authorization_requests + holds with
+   their window (``benchmarks.bulk``: authorizations with their requests and holds with
    ``COPY``, ``accounts.held`` = the sum), spread over the same accounts the traffic uses (the
    worst case: every sweep batch locks ~10 % of the accounts the hot path is deciding on).
    References checked, ``holdfast verify`` must hold at the end.
@@ -391,7 +391,7 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         layout = ("in order of creation, as the hot path writes them" if args.layout == "arrival"
                   else "in random order: the due holds scattered over the table")
         out.load_notes.append(
-            f"{args.holds:,} expired open holds (authorizations + authorization_requests + "
+            f"{args.holds:,} expired open holds (authorizations with their requests and "
             f"holds, COPY FREEZE, {layout}) over {len(out.loaded.held):,} accounts in "
             f"{out.loaded.seconds:.1f} s; {out.loaded.amount_open_minor:,} minor units held")
         for path, text in args.sql_texts:

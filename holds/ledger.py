@@ -217,7 +217,8 @@ async def get_authorization(db: Executor, authorization_id: str, providers: Sequ
         " WHERE a.id = COALESCE("
         "   (SELECT id FROM authorizations WHERE id = $1),"
         "   (SELECT authorization_id FROM authorization_requests"
-        "     WHERE provider = ANY($2::text[]) AND provider_id = $1 ORDER BY id LIMIT 1))",
+        "     WHERE provider = ANY($2::text[]) AND provider_id = $1"
+        "     ORDER BY id NULLS FIRST LIMIT 1))",
         authorization_id, list(providers),
     )
     if auth is None:
@@ -225,7 +226,8 @@ async def get_authorization(db: Executor, authorization_id: str, providers: Sequ
     history = await db.fetch(
         "SELECT provider_id, sequence, kind, amount, currency, decision, approved_amount, reason,"
         " stand_in, policy_version, counters::text AS counters, decided_at"
-        "  FROM authorization_requests WHERE authorization_id = $1 ORDER BY id",
+        "  FROM authorization_requests WHERE authorization_id = $1"
+        " ORDER BY id NULLS FIRST",  # the initial request (NULL id: on its authorisation) first
         auth["id"],
     )
     events = await db.fetch(

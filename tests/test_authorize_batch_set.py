@@ -46,14 +46,16 @@ async def _call(conn: Conn, fn: str, items: Sequence[ledger.AuthorizeItem]
 
 async def _rows(conn: Conn, items: Sequence[ledger.AuthorizeItem],
                 accounts: Sequence[str]) -> dict[str, Any]:
-    """What a call wrote: the batch's authorisations and requests (but the requests' generated
-    ids, which a rolled-back run uses up), in the order they were written, and the accounts."""
+    """What a call wrote: the batch's authorisations and requests (but the follow-up requests'
+    generated ids, which a rolled-back run uses up; an initial request has none), and the
+    accounts."""
     ids = [i.authorization_id for i in items] + [i.parent_id for i in items if i.parent_id]
     auths = await conn.fetch(
         "SELECT * FROM authorizations WHERE id = ANY($1::text[]) ORDER BY id", ids)
     requests = await conn.fetch(
         "SELECT * FROM authorization_requests WHERE (provider, provider_id, sequence) IN"
-        " (SELECT * FROM unnest($1::text[], $2::text[], $3::integer[])) ORDER BY id",
+        " (SELECT * FROM unnest($1::text[], $2::text[], $3::integer[]))"
+        " ORDER BY provider, provider_id, sequence",
         [i.provider for i in items], [i.provider_id for i in items],
         [i.sequence for i in items])
     accts = await conn.fetch(

@@ -152,6 +152,11 @@ _ROW_RULES = [
      {"authorization_requests_check"}),
     ("UPDATE authorization_requests SET decision = 'decline'",
      {"authorization_requests_check1"}),
+    # the initial request on its authorisation's row (0017)
+    ("UPDATE authorizations SET request_amount = 0", {"authorizations_request_ok"}),
+    ("UPDATE authorizations SET request_approved = request_amount + 1",
+     {"authorizations_request_ok"}),
+    ("UPDATE authorizations SET request_hash = NULL", {"authorizations_request_ok"}),
 ]
 
 
@@ -174,13 +179,18 @@ async def test_each_row_rule_refuses_under_its_own_name(
 
 
 def test_every_former_constraint_has_a_rule() -> None:
-    """Each CHECK constraint migration 0014 folded into a function is broken by a case above."""
-    sql = (Path(holds.__file__).parent / "migrations" / "0014_row_checks.sql").read_text()
+    """Each CHECK constraint migration 0014 folded into a function, and each rule 0017 added
+    to one, is broken by a case above."""
+    folder = Path(holds.__file__).parent / "migrations"
+    sql = (folder / "0014_row_checks.sql").read_text()
     dropped = set(re.findall(r"DROP CONSTRAINT (\w+)", sql))
     assert len(dropped) == 21
-    assert set().union(*(names for _, names in _ROW_RULES)) == dropped
     raised = set(re.findall(r"hf_refuse_row\('\w+', '(\w+)'\)", sql))
     assert raised == dropped
+    added = set(re.findall(r"hf_refuse_row\('\w+', '(\w+)'\)",
+                           (folder / "0017_request_on_the_authorization.sql").read_text()))
+    assert added == {"authorizations_request_ok"}
+    assert set().union(*(names for _, names in _ROW_RULES)) == dropped | added
 
 
 async def test_the_hot_tables_check_rows_only_through_their_functions(
@@ -192,11 +202,12 @@ async def test_the_hot_tables_check_rows_only_through_their_functions(
     rows = await conn.fetch(
         "SELECT conrelid::regclass::text AS tbl, conname, pg_get_constraintdef(oid) AS def"
         " FROM pg_constraint WHERE contype = 'c' AND conrelid::regclass::text IN"
-        " ('accounts', 'authorizations', 'authorization_requests') ORDER BY 1")
+        " ('accounts', 'authorizations', 'followup_requests') ORDER BY 1")
     assert {(r["tbl"], r["conname"]) for r in rows} == {
         ("accounts", "accounts_row_ok"),
         ("authorizations", "authorizations_row_ok"),
-        ("authorization_requests", "authorization_requests_row_ok"),
+        # the table of authorization_requests' rows but the initial ones (0017), its name kept
+        ("followup_requests", "authorization_requests_row_ok"),
     }
     for r in rows:
         assert r["def"].startswith("CHECK (hf_"), r["def"]

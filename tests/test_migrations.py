@@ -108,7 +108,8 @@ async def test_folding_the_hold_into_its_authorisation_keeps_every_hold(
     applied = await migrate(scratch)
 
     # (holdfast verify checks today's schema, 0012's expiry mark included: it runs after)
-    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014", "0015", "0016"]
+    assert [m.version for m in applied] == ["0011", "0012", "0013", "0014", "0015", "0016",
+                                          "0017"]
     assert await _snapshot(scratch) == before
     # the sweep's mark starts at the soonest open expiry or the clock, whichever is first
     # (here the clock: the history is dated ahead)
@@ -152,3 +153,48 @@ async def test_a_hold_on_another_account_stops_the_fold_and_changes_nothing(
                                   " WHERE version = '0011'") == 0
     assert await scratch.fetchval("SELECT count(*) FROM pg_tables"
                                   " WHERE tablename = 'holds'") == 1
+
+
+async def _requests(conn: asyncpg.Connection) -> list[dict[str, Any]]:
+    rows = await conn.fetch("SELECT * FROM authorization_requests"
+                            " ORDER BY provider, provider_id, sequence")
+    return [{k: v for k, v in dict(r).items() if k != "id"} for r in rows]
+
+
+async def test_folding_the_initial_request_into_its_authorisation_keeps_every_decision(
+    scratch: asyncpg.Connection,
+) -> None:
+    await _migrate_through(scratch, "0016")
+    await _history(scratch)
+    # an advice (a request no one here decided) and a stand-in approval not yet counted
+    await scratch.fetchrow("SELECT * FROM hf_advice('native:adv-1', 'native', 'advised',"
+                           " 'card-1', 60, 'GBP', $1, $2)", NOW, NOW + dt.timedelta(days=7))
+    stood_in = _item("stood-in", 40)._replace(stand_in=True)
+    await ledger.authorize_many(scratch, [stood_in], stand_in_cap_minor=1_000)
+    before, ledger_before = await _requests(scratch), await _snapshot(scratch)
+    assert {r["kind"] for r in before} == {"initial", "incremental", "advice"}
+
+    applied = await migrate(scratch)
+
+    assert [m.version for m in applied] == ["0017"]
+    assert await _requests(scratch) == before
+    assert await _snapshot(scratch) == ledger_before
+    # the initial requests moved onto their authorisations; the others stayed, as follow-ups
+    kinds = await scratch.fetch("SELECT kind, count(*) FROM followup_requests GROUP BY kind"
+                                " ORDER BY kind")
+    assert [tuple(r) for r in kinds] == [("advice", 1), ("incremental", 1)]
+    assert await scratch.fetchval("SELECT count(*) FROM authorizations"
+                                  " WHERE request_sequence IS NOT NULL") == 7
+    report = await verify(scratch)
+    assert report.ok, report.render()
+    # a replay of a request decided before the upgrade gets its decision, and a new request
+    # with its identity is a duplicate
+    (again,) = await ledger.authorize_many(scratch, [_item("open", 1_000)],
+                                           stand_in_cap_minor=0)
+    assert (again.status, again.approved) == ("replay", True)
+    (clash,) = await ledger.authorize_many(
+        scratch, [_item("open", 999)._replace(request_hash="another")], stand_in_cap_minor=0)
+    assert (clash.status, clash.reason) == ("conflict", "duplicate")
+    # the stand-in approval is still to be counted, now from its authorisation's row
+    assert await scratch.fetchval("SELECT count(*) FROM authorizations WHERE request_stand_in"
+                                  " AND request_approved > 0 AND NOT request_counted") == 1

@@ -107,7 +107,8 @@ async def _scenario(api: Api, db: asyncpg.Pool, entry: EntryPoint
     steps.append(await entry.authorize(card, 8_000, partial=True))    # partial
     reasons = await db.fetch(
         "SELECT r.reason FROM authorization_requests r JOIN authorizations a"
-        " ON a.id = r.authorization_id WHERE a.card_id = $1 ORDER BY r.id", card)
+        " ON a.id = r.authorization_id WHERE a.card_id = $1"
+        " ORDER BY r.decided_at, r.id NULLS FIRST", card)  # (an initial request's id is NULL)
     return ([(s.approved, s.amount) for s in steps], [r["reason"] for r in reasons],
             await api.balances(account))
 
