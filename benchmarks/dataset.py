@@ -44,7 +44,8 @@ def _quoted(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-async def create_database(admin_url: str, url: str, name: str) -> None:
+async def create_database(admin_url: str, url: str, name: str, through: str | None = None
+                          ) -> None:
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {_quoted(name)}")
@@ -52,7 +53,7 @@ async def create_database(admin_url: str, url: str, name: str) -> None:
         await admin.close()
     conn = await asyncpg.connect(url)
     try:
-        await migrate(conn)  # what `holdfast migrate` runs
+        await migrate(conn, through)  # what `holdfast migrate` runs
     finally:
         await conn.close()
 

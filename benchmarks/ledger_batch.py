@@ -32,7 +32,7 @@ from benchmarks import dataset, harness, procstat
 from benchmarks.traffic import profile
 from holds import ledger
 
-__all__ = ["main"]
+__all__ = ["ALONE", "LOOP", "SET", "Items", "call", "main"]
 
 _BATCH = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
@@ -42,11 +42,11 @@ _SINGLE = (
     "SELECT status, authorization_id, decision, approved_amount, reason, stand_in, counted FROM "
     "hf_authorize($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12::jsonb,$13,$14,$15,$16,$17,$18,$19,$20,"
     "$21,$22,$23)")
-_LOOP, _SET, _ALONE = "hf_authorize_batch_each", "hf_authorize_batch", "hf_authorize"
+LOOP, SET, ALONE = "hf_authorize_batch_each", "hf_authorize_batch", "hf_authorize"
 _CAP = 10_000
 
 
-class _Items:
+class Items:
     def __init__(self, cards: int) -> None:
         self._profiles = [profile(i) for i in range(cards)]
         self._next = 0
@@ -67,14 +67,14 @@ class _Items:
         return items
 
 
-async def _call(conn: asyncpg.Connection[Any], fn: str, items: Sequence[ledger.AuthorizeItem]
+async def call(conn: asyncpg.Connection[Any], fn: str, items: Sequence[ledger.AuthorizeItem]
                 ) -> int:
     """Send one batch; the number of approvals."""
-    if fn == _ALONE:
+    if fn == ALONE:
         row = await conn.fetchrow(_SINGLE, *items[0][:21], _CAP, items[0].counted)
         assert row is not None
         return 1 if row["decision"] == "approve" else 0
-    if fn == _SET:  # as the server sends it: one array of records (migration 0016)
+    if fn == SET:  # as the server sends it: one array of records (migration 0016)
         rows = await conn.fetch(ledger.AUTHORIZE_BATCH_SQL, items, _CAP)
     else:
         columns: list[Any] = [list(c) for c in zip(*items, strict=True)]
@@ -82,7 +82,7 @@ async def _call(conn: asyncpg.Connection[Any], fn: str, items: Sequence[ledger.A
     return sum(1 for r in rows if r["decision"] == "approve")
 
 
-async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: _Items, n: int,
+async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: Items, n: int,
                    calls: int) -> tuple[float, float, float]:
     """(wall us, backend CPU us, approval share) per authorisation over ``calls`` batches."""
     batches = [items.batch(n) for _ in range(calls)]
@@ -90,7 +90,7 @@ async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: _Ite
     t0 = time.perf_counter()
     approved = 0
     for batch in batches:
-        approved += await _call(conn, fn, batch)
+        approved += await call(conn, fn, batch)
     wall = time.perf_counter() - t0
     cpu1 = procstat.process_cpu_seconds(pid)
     cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
@@ -104,12 +104,12 @@ async def _run(args: argparse.Namespace) -> int:
     await dataset.create_database(args.pg, url, name)
     try:
         await dataset.seed(url, args.cards)
-        items = _Items(args.cards)
+        items = Items(args.cards)
         conn = await asyncpg.connect(url)
         try:
             # a ledger with some history, analysed as autovacuum would, before plans are made
             for _ in range(args.history // 32):
-                await _call(conn, _LOOP, items.batch(32))
+                await call(conn, LOOP, items.batch(32))
         finally:
             await conn.close()
         await dataset.vacuum_analyze(url)
@@ -117,9 +117,9 @@ async def _run(args: argparse.Namespace) -> int:
         conn = await asyncpg.connect(url)
         try:
             pid = await conn.fetchval("SELECT pg_backend_pid()")
-            for fn in (_SET, _LOOP, _ALONE):
+            for fn in (SET, LOOP, ALONE):
                 for n in (1, 8):
-                    if fn != _ALONE or n == 1:
+                    if fn != ALONE or n == 1:
                         await _measure(conn, pid, fn, items, n, 30)
             print(f"# ledger batch functions, {args.cards:,} cards, {args.rounds} rounds "
                   f"A-B-B-A, ~{args.per_point:,} authorisations per point (median of rounds)\n")
@@ -128,7 +128,7 @@ async def _run(args: argparse.Namespace) -> int:
             print("|---:|---:|---:|---:|---:|---:|---:|")
             for n in args.sizes:
                 calls = max(args.per_point // n, 20)
-                fns = (_LOOP, _SET, _ALONE) if n == 1 else (_LOOP, _SET)
+                fns = (LOOP, SET, ALONE) if n == 1 else (LOOP, SET)
                 got: dict[str, list[tuple[float, float, float]]] = {f: [] for f in fns}
                 for r in range(args.rounds):
                     order = fns if r % 2 == 0 else tuple(reversed(fns))
@@ -137,12 +137,12 @@ async def _run(args: argparse.Namespace) -> int:
                 med = {f: (statistics.median(v[0] for v in got[f]),
                            statistics.median(v[1] for v in got[f]),
                            min(v[2] for v in got[f])) for f in fns}
-                print(f"| {n} | {med[_LOOP][0]:.0f} | {med[_LOOP][1]:.0f} | {med[_SET][0]:.0f} "
-                      f"| {med[_SET][1]:.0f} | {med[_SET][1] / med[_LOOP][1]:.2f} "
+                print(f"| {n} | {med[LOOP][0]:.0f} | {med[LOOP][1]:.0f} | {med[SET][0]:.0f} "
+                      f"| {med[SET][1]:.0f} | {med[SET][1] / med[LOOP][1]:.2f} "
                       f"| {min(m[2] for m in med.values()):.0%} |", flush=True)
                 if n == 1:
-                    print(f"| 1 (hf_authorize) | | | {med[_ALONE][0]:.0f} | {med[_ALONE][1]:.0f} "
-                          f"| {med[_ALONE][1] / med[_LOOP][1]:.2f} | |", flush=True)
+                    print(f"| 1 (hf_authorize) | | | {med[ALONE][0]:.0f} | {med[ALONE][1]:.0f} "
+                          f"| {med[ALONE][1] / med[LOOP][1]:.2f} | |", flush=True)
         finally:
             await conn.close()
         report, _counts = await dataset.verify_ledger(url)

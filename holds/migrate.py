@@ -63,14 +63,17 @@ async def pending(conn: Conn) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(conn: Conn) -> list[Migration]:
-    """Apply every pending migration; return those applied now."""
+async def migrate(conn: Conn, through: str | None = None) -> list[Migration]:
+    """Apply every pending migration (up to version ``through``, when given: a benchmark's
+    database as of an earlier release); return those applied now."""
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(_CREATE)
         done = await applied_versions(conn)
         applied = []
         for m in available():
+            if through is not None and m.version > through:
+                break
             if m.version in done:
                 if done[m.version] != m.checksum:
                     raise MigrationError(

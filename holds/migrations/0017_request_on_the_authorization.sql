@@ -80,10 +80,46 @@ CREATE FUNCTION hf_authorization_row_ok(
     p_request_counted boolean)
 RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
-    PERFORM hf_authorization_row_ok(p_state, p_requested_amount, p_approved_amount,
-        p_account_id, p_hold_state, p_hold_authorized, p_hold_posted, p_hold_over_posted,
-        p_hold_released, p_hold_remaining, p_hold_expires_at, p_hold_created_at,
-        p_hold_updated_at, p_hold_forced);
+    -- 0014's rules, as they were (a call of its function would cost a statement per row)
+    IF NOT (p_state IN ('pending', 'declined', 'partially_reversed', 'reversed', 'cleared',
+                        'expired')) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_state_check');
+    END IF;
+    IF NOT (p_requested_amount >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_requested_amount_check');
+    END IF;
+    IF NOT (p_approved_amount >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_approved_amount_check');
+    END IF;
+    IF NOT (p_hold_state IN ('open', 'closed', 'expired')) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_state_check');
+    END IF;
+    IF NOT (p_hold_authorized >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_authorized_check');
+    END IF;
+    IF NOT (p_hold_posted >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_posted_check');
+    END IF;
+    IF NOT (p_hold_released >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_released_check');
+    END IF;
+    IF NOT (p_hold_remaining >= 0) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_remaining_check');
+    END IF;
+    -- a hold is all there or not at all, and always on an account
+    IF NOT (num_nulls(p_hold_state, p_hold_authorized, p_hold_posted, p_hold_over_posted,
+                      p_hold_released, p_hold_remaining, p_hold_expires_at, p_hold_created_at,
+                      p_hold_updated_at, p_hold_forced) IN (0, 10)
+            AND (p_hold_state IS NULL OR p_account_id IS NOT NULL)) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_whole');
+    END IF;
+    -- its parts add up; only an open hold still holds anything
+    IF NOT (p_hold_authorized = p_hold_posted - p_hold_over_posted + p_hold_released
+                                + p_hold_remaining
+            AND p_hold_over_posted >= 0 AND p_hold_over_posted <= p_hold_posted
+            AND (p_hold_state = 'open' OR p_hold_remaining = 0)) THEN
+        PERFORM hf_refuse_row('authorizations', 'authorizations_hold_parts');
+    END IF;
     -- the request that created it is all there or not at all, and keeps the old row's rules
     IF NOT (num_nulls(p_request_sequence, p_request_amount, p_request_partial,
                       p_request_approved, p_request_reason, p_request_stand_in, p_request_hash,
@@ -103,6 +139,8 @@ ALTER TABLE authorizations
             hold_remaining, hold_expires_at, hold_created_at, hold_updated_at, hold_forced,
             request_sequence, request_amount, request_partial, request_approved,
             request_reason, request_stand_in, request_hash, request_counted));
+DROP FUNCTION hf_authorization_row_ok(text, bigint, bigint, text, text, bigint, bigint, bigint,
+    bigint, bigint, timestamptz, timestamptz, timestamptz, boolean);
 
 -- the initial request's identity (replaces the old table's primary key for these rows)
 CREATE UNIQUE INDEX authorizations_request
@@ -452,15 +490,23 @@ BEGIN
                u.partial_allowed, u.rule_reason, u.request_hash, u.now, u.stand_in, u.counted,
                c.state AS card_state, c.expires AS card_expires,
                array_position(a_id, c.account_id) AS account,
-               p.authorization_id AS prior_id, p.request_hash AS prior_hash,
-               p.approved_amount AS prior_approved, p.reason AS prior_reason,
-               p.stand_in AS prior_stand_in, p.counted AS prior_counted,
+               -- a recorded request with its identity: an initial one (on its authorisation)
+               -- or a follow-up; the tables, not the view, so each is one index probe
+               coalesce(pa.id, pf.authorization_id) AS prior_id,
+               coalesce(pa.request_hash, pf.request_hash) AS prior_hash,
+               coalesce(pa.request_approved, pf.approved_amount) AS prior_approved,
+               coalesce(pa.request_reason, pf.reason) AS prior_reason,
+               coalesce(pa.request_stand_in, pf.stand_in) AS prior_stand_in,
+               coalesce(pa.request_counted, pf.counted) AS prior_counted,
                x.id IS NOT NULL AS taken
           FROM unnest(p_requests) WITH ORDINALITY u
           LEFT JOIN cards c ON c.id = u.card_id
-          LEFT JOIN authorization_requests p
-                 ON p.provider = u.provider AND p.provider_id = u.provider_id
-                AND p.sequence = u.sequence
+          LEFT JOIN authorizations pa
+                 ON pa.provider = u.provider AND pa.provider_id = u.provider_id
+                AND pa.request_sequence = u.sequence
+          LEFT JOIN followup_requests pf
+                 ON pf.provider = u.provider AND pf.provider_id = u.provider_id
+                AND pf.sequence = u.sequence
           LEFT JOIN authorizations x ON x.id = u.authorization_id
          ORDER BY u.ordinality
     LOOP
