@@ -11,8 +11,8 @@ request that is alone) and batches through ``hf_authorize_batch`` (one array of 
 server sends them). It prints, per call, the median of the rounds of each database's wall time,
 its backend's CPU time (user + system, from /proc: the WAL flush the commit waits for is partly
 the backend's own system time) and the WAL written (``pg_current_wal_lsn`` before and after,
-so anything else writing meanwhile counts too) per authorisation, and the ratios. No server,
-no Redis.
+so anything else writing meanwhile counts too) per authorisation, and the ratios; then what
+each database's authorisation tables take on disk per authorisation. No server, no Redis.
 """
 
 from __future__ import annotations
@@ -99,6 +99,20 @@ async def _run(args: argparse.Namespace) -> int:
             print(f"| {label} | {b[0]:.0f} | {b[1]:.0f} | {b[2]:.0f} | {a[0]:.0f} | {a[1]:.0f} "
                   f"| {a[2]:.0f} | {a[0] / b[0]:.2f} | {a[1] / b[1]:.2f} | {a[2] / b[2]:.2f} "
                   f"| {share:.0%} |", flush=True)
+        print("\n| database | authorisations | requests | bytes per authorisation (heap + indexes"
+              " of the tables holding them) |")
+        print("|---|---:|---:|---:|")
+        for k, c in conns.items():
+            tables = [t for t in ("authorizations", "authorization_requests", "followup_requests")
+                      if await c.fetchval("SELECT relkind = 'r' FROM pg_class WHERE relname = $1",
+                                          t)]
+            await c.execute(f"VACUUM ANALYZE {', '.join(tables)}")
+            size = sum([await c.fetchval("SELECT pg_total_relation_size($1::regclass)", t)
+                        for t in tables])
+            auths = await c.fetchval("SELECT count(*) FROM authorizations")
+            requests = await c.fetchval("SELECT count(*) FROM authorization_requests")
+            print(f"| {k} ({' + '.join(tables)}) | {auths:,} | {requests:,} "
+                  f"| {size / auths:,.0f} |")
         for k in names:
             report, _counts = await dataset.verify_ledger(urls[k])
             if not report.ok:

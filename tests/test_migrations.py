@@ -198,3 +198,25 @@ async def test_folding_the_initial_request_into_its_authorisation_keeps_every_de
     # the stand-in approval is still to be counted, now from its authorisation's row
     assert await scratch.fetchval("SELECT count(*) FROM authorizations WHERE request_stand_in"
                                   " AND request_approved > 0 AND NOT request_counted") == 1
+
+
+async def test_two_initial_requests_on_one_authorisation_stop_the_fold_and_change_nothing(
+    scratch: asyncpg.Connection,
+) -> None:
+    await _migrate_through(scratch, "0016")
+    await _history(scratch)
+    await scratch.execute(
+        "INSERT INTO authorization_requests (provider, provider_id, sequence, authorization_id,"
+        " kind, amount, currency, partial_allowed, decision, approved_amount, reason, stand_in,"
+        " request_hash, decided_at) VALUES ('native', 'open-again', 0, 'open', 'initial', 5,"
+        " 'GBP', false, 'approve', 5, 'approved', false, 'h', now())")
+    before = await _requests(scratch)
+
+    with pytest.raises(asyncpg.RaiseError, match="more than one initial request"):
+        await migrate(scratch)
+
+    assert await scratch.fetchval("SELECT count(*) FROM schema_migrations"
+                                  " WHERE version = '0017'") == 0
+    assert await scratch.fetchval("SELECT count(*) FROM pg_tables"
+                                  " WHERE tablename = 'authorization_requests'") == 1
+    assert await _requests(scratch) == before

@@ -2,9 +2,9 @@
 --
 -- Every new authorisation wrote two rows: the authorisation (which since 0011 carries its hold)
 -- and the record of the request that created it, with the same identity, amount, currency and
--- time. The second row cost a heap tuple, three index entries (its identity, its
--- authorisation, the identity column), a foreign-key check that locks the authorisation row it
--- was just inserted with (a WAL record of its own) and its row check. A logic-free writer of
+-- time. The second row cost a statement, a heap tuple, two index entries (its identity, its
+-- authorisation), a number from its identity column's sequence, a foreign-key check (a query
+-- of the authorisation row inserted just before it) and its row check. A logic-free writer of
 -- the hot path's rows measured p50 1.60 / p99 6.17 ms at 1,000/s with the request row and
 -- 1.48 / 4.86 ms without it (benchmarks/README.md, "Session 16"). Now the initial request's
 -- own columns are columns of `authorizations` (request_*, all NULL on an authorisation no
@@ -24,8 +24,8 @@
 -- of a request takes a transaction advisory lock on the identity (hf_request_lock) after its
 -- row locks and before it looks for a recorded decision, so of two requests with one identity
 -- (an initial and an incremental sent at once under one request id) the second finds the
--- first's decision, as the old primary key's wait made it do. `holdfast verify` checks it
--- ("one_decision").
+-- first's decision (the old primary key made the second wait, then fail with unique_violation
+-- and be decided again alone). `holdfast verify` checks it ("one_decision").
 
 ALTER TABLE authorizations
     ADD COLUMN request_sequence       integer,
