@@ -55,10 +55,12 @@ async def count_stand_in_approvals(pool: asyncpg.Pool, cache: PolicyCache, now_s
     """Count one batch (at most ``batch`` decisions); returns how many were counted."""
     async with pool.acquire() as conn, conn.transaction():
         initial = await conn.fetch(_TAKE_INITIAL, batch)
-        later = await conn.fetch(_TAKE_FOLLOWUP, batch - len(initial)) if len(initial) < batch \
-            else []
-        for row, count in [(r, 1) for r in initial] + [
-                (r, 0 if r["kind"] == "incremental" else 1) for r in later]:
+        later = (await conn.fetch(_TAKE_FOLLOWUP, batch - len(initial))
+                 if len(initial) < batch else [])
+        work = [(r, 1) for r in initial]
+        # an incremental adds to its authorisation's amount, not to the count of authorisations
+        work += [(r, 0 if r["kind"] == "incremental" else 1) for r in later]
+        for row, count in work:
             args = (row["card_id"], row["at"], row["approved_amount"], count, now_s)
             if not await cache.count_late(*args):
                 card = await load_card(conn, row["card_id"])

@@ -114,6 +114,32 @@ async def test_redis_down_stands_in_with_its_limits(rig: Rig, api: Api,
                                            "available": 93_000}
 
 
+async def test_stand_in_incrementals_are_counted_by_amount_and_each_decision_once(
+    rig: Rig, api: Api, db: asyncpg.Pool,
+) -> None:
+    """An initial request's decision is on its authorisation's row, an incremental's in
+    followup_requests (migration 0017): the reconciler counts both, each once."""
+    account = await api.account("GBP", funds=100_000)
+    card = await api.card(account, {"velocity": [{"window": "1h", "max_amount": 2_000,
+                                                  "max_count": 5}]})
+    rig.redis.mode = "refuse"
+    rig.redis.cut()
+    first, _ = await timed_authorize(rig, card, 1_000)
+    raised, _ = await timed_authorize(rig, card, 500, parent_id=first["id"])
+    assert [(b["decision"], b["stand_in"]) for b in (first, raised)] == [("approve", True)] * 2
+
+    rig.redis.mode = "pass"
+    assert await count_stand_in_approvals(rig.app[POOL], rig.app[CACHE], int(time.time())) >= 2
+    assert await db.fetchval("SELECT count(*) FROM authorization_requests WHERE"
+                             " authorization_id = $1 AND stand_in AND NOT counted",
+                             first["authorization_id"]) == 0
+    # counted once: 1,500 of 2,000 spent in the hour, so 600 more is over and 400 is not
+    body, _ = await timed_authorize(rig, card, 600)
+    assert (body["reason"], body["stand_in"]) == ("amount_limit_exceeded", False)
+    body, _ = await timed_authorize(rig, card, 400)
+    assert (body["decision"], body["stand_in"]) == ("approve", False)
+
+
 async def test_slow_redis_stands_in_within_the_deadline(rig: Rig, api: Api) -> None:
     account = await api.account("GBP", funds=10_000)
     card = await api.card(account)
