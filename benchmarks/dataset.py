@@ -58,6 +58,15 @@ async def create_database(admin_url: str, url: str, name: str, through: str | No
         await conn.close()
 
 
+async def last_migration(url: str) -> str:
+    """The version of the last migration applied to the database at ``url``."""
+    conn = await asyncpg.connect(url)
+    try:
+        return str(await conn.fetchval("SELECT max(version) FROM schema_migrations"))
+    finally:
+        await conn.close()
+
+
 async def drop_database(admin_url: str, name: str) -> None:
     admin = await asyncpg.connect(admin_url)
     try:
