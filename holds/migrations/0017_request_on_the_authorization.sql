@@ -40,12 +40,14 @@ ALTER TABLE authorizations
     ADD COLUMN request_counted        boolean;
 
 DO $$
+DECLARE
+    v_twice text;
 BEGIN
-    IF EXISTS (SELECT 1 FROM authorization_requests r
-                WHERE r.kind = 'initial'
-                GROUP BY r.authorization_id HAVING count(*) > 1) THEN
-        RAISE EXCEPTION 'an authorisation has more than one initial request: run holdfast verify '
-                        'and repair it before this migration';
+    SELECT r.authorization_id INTO v_twice FROM authorization_requests r
+     WHERE r.kind = 'initial' GROUP BY r.authorization_id HAVING count(*) > 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'authorisation % has more than one initial request: repair it before '
+                        'this migration', v_twice;
     END IF;
 END $$;
 
