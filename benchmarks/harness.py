@@ -35,6 +35,7 @@ __all__ = [
     "LoadRun",
     "Window",
     "background_load",
+    "cpu_description",
     "db_url",
     "environment",
     "postgres_pids",
@@ -210,6 +211,29 @@ async def background_load(seconds: float = 3.0) -> tuple[float, float]:
     return (cpu.get("machine", 0.0) / capacity if capacity else math.nan), os.getloadavg()[0]
 
 
+def cpu_description(cpuinfo: str | None = None) -> str:
+    """The first CPU as /proc/cpuinfo names it: two VMs of "the same kind" have differed by half
+    in the cost of Holdfast's work (benchmarks/README.md, "Session 17"), and this is where they
+    can be told apart ("unknown" where /proc/cpuinfo is not)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return "unknown"
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            break  # the first processor only
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    if "model name" not in fields:
+        return "unknown"
+    detail = ", ".join(f"{label} {fields[key]}" for key, label in (
+        ("cpu family", "family"), ("model", "model"), ("stepping", "stepping"),
+        ("cpu MHz", "MHz"), ("cache size", "cache")) if key in fields)
+    return f"{fields['model name']} ({detail})"
+
+
 async def environment(admin_url: str, redis_url: str) -> list[tuple[str, str]]:
     versions = ", ".join(f"{p} {metadata.version(p)}" for p in
                          ("aiohttp", "uvloop", "orjson", "redis", "hiredis", "asyncpg"))
@@ -232,6 +256,7 @@ async def environment(admin_url: str, redis_url: str) -> list[tuple[str, str]]:
     return [
         ("date", dt.datetime.now().astimezone().isoformat(timespec="seconds")),
         ("cores", str(os.cpu_count())),
+        ("CPU", cpu_description()),
         ("load average before the run (1 / 5 min)", f"{load1:.2f} / {load5:.2f}"),
         ("platform", platform.platform()),
         ("Python", platform.python_version()),
