@@ -163,6 +163,10 @@ CHECKS: Final[tuple[tuple[str, str, str], ...]] = (
         SELECT format('%s %s #%s: %s decisions', provider, provider_id, sequence, count(*))
           FROM authorization_requests GROUP BY provider, provider_id, sequence
         HAVING count(*) > 1"""),
+    ("one_initial_request", "an authorisation was created by at most one initial request", """
+        SELECT format('authorization %s: %s initial requests', authorization_id, count(*))
+          FROM authorization_requests WHERE kind = 'initial'
+         GROUP BY authorization_id HAVING count(*) > 1"""),
     ("hold_matches_approvals", "a hold's authorised amount = the sum of its approvals", """
         SELECT format('authorization %s: approvals total %s, hold authorised %s', a.id,
                       coalesce(r.total, 0), coalesce(h.authorized, 0))

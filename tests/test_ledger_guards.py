@@ -291,6 +291,13 @@ async def test_a_hold_placed_on_an_authorisation_reads_back_through_holds(
         ("INSERT INTO accounts (id, kind, currency) VALUES ('acct-3', 'customer', 'EUR');"
          "UPDATE authorizations SET account_id = 'acct-3'", {"held", "hold_currency"}),
         ("ALTER TABLE postings DISABLE TRIGGER postings_append_only", {"journal_guards"}),
+        # a second initial decision for auth-1 under another identity (a decline: the hold
+        # still matches its approvals), recorded through the view among the follow-ups
+        ("INSERT INTO authorization_requests (provider, provider_id, sequence, authorization_id,"
+         " kind, amount, currency, partial_allowed, decision, approved_amount, reason, stand_in,"
+         " request_hash, decided_at) VALUES ('native', 'auth-1-again', 0, 'auth-1', 'initial',"
+         " 5, 'GBP', false, 'decline', 0, 'insufficient_funds', false, 'h', now())",
+         {"one_initial_request"}),
     ],
 )
 async def test_verify_finds_each_kind_of_corruption(
