@@ -105,7 +105,7 @@ def _lat(results: Sequence[Result]) -> Latency:
 
 def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
     lines = [f"# Holdfast against Holdfast, {dt.date.today().isoformat()}", "",
-             f"A = this tree ({code}, schema through {a.schema}); B = {b.label}, schema "
+             f"A = this tree ({code}, schema through {a.schema}); B = {args.other}, schema "
              f"through {b.schema}, run from a worktree of it. Open loop at {args.rate:g}/s "
              f"({args.arrivals} arrivals, {args.connections} connections), {args.rounds} rounds "
              f"of {args.seconds:g} s per server alternating A B, B A, ...; latency from each "

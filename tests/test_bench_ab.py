@@ -1,0 +1,36 @@
+"""benchmarks/ab.py's report: every round side by side, the rounds' medians, the pooled
+percentiles and the rounds each side won, from known latencies."""
+
+from __future__ import annotations
+
+import argparse
+
+from benchmarks.ab import _report, _Side
+from benchmarks.loadgen import Result
+
+
+def _run(latencies_ms: list[float]) -> Result:
+    us = [int(x * 1000) for x in latencies_ms]
+    return Result(mode="open", target_rate=1000.0, duration_s=1.0, completed=len(us), errors=0,
+                  throughput=float(len(us)), latencies_us=us, service_us=us, lag_us=[0] * len(us))
+
+
+def _side(label: str, runs: list[list[float]]) -> _Side:
+    side = _Side(label, f"db_{label[0].lower()}", "", "p:", None, schema="0017")
+    side.open_runs = [_run(r) for r in runs]
+    return side
+
+
+def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won() -> None:
+    args = argparse.Namespace(rate=1000.0, arrivals="poisson", connections=64, rounds=2,
+                              seconds=1.0, other="abc1234", concurrency=0)
+    # 100 samples a run: p99 is the 99th value; A's is lower in round 1, higher in round 2
+    a = _side("A", [[1.0] * 98 + [5.0, 9.0], [2.0] * 98 + [8.0, 8.0]])
+    b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]])
+    text = _report(args, a, b, "def5678")
+    assert "A = this tree (def5678, schema through 0017); B = abc1234" in text
+    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0 |" in text
+    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 0 |" in text
+    assert "| p50, median of rounds | 1.50 | 2.00 | 0.75 |" in text
+    assert "| p99, median of rounds | 6.50 | 6.50 | 1.00 |" in text
+    assert "| rounds with the lower p99 | 1 | 1 |  |" in text
