@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
@@ -32,7 +32,7 @@ from benchmarks import dataset, harness, procstat
 from benchmarks.traffic import profile
 from holds import ledger
 
-__all__ = ["ALONE", "LOOP", "SET", "Items", "call", "main"]
+__all__ = ["ALONE", "LOOP", "SET", "Items", "Measurement", "call", "main", "measure"]
 
 _BATCH = (
     "SELECT idx, status, authorization_id, decision, approved_amount, reason, stand_in, counted"
@@ -82,10 +82,21 @@ async def call(conn: asyncpg.Connection[Any], fn: str, items: Sequence[ledger.Au
     return sum(1 for r in rows if r["decision"] == "approve")
 
 
-async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: Items, n: int,
-                   calls: int) -> tuple[float, float, float]:
-    """(wall us, backend CPU us, approval share) per authorisation over ``calls`` batches."""
+class Measurement(NamedTuple):
+    """One measurement, per authorisation."""
+
+    wall_us: float
+    cpu_us: float  # the backend's user + system time
+    wal_bytes: float  # pg_current_wal_lsn before and after: anything else writing counts too
+    approved: float  # the share approved
+
+
+async def measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: Items, n: int,
+                  calls: int) -> Measurement:
+    """``calls`` batches of ``n`` fresh authorisations through ``fn`` on ``conn`` (backend
+    ``pid``)."""
     batches = [items.batch(n) for _ in range(calls)]
+    lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
     cpu0 = procstat.process_cpu_seconds(pid)
     t0 = time.perf_counter()
     approved = 0
@@ -93,9 +104,11 @@ async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: Item
         approved += await call(conn, fn, batch)
     wall = time.perf_counter() - t0
     cpu1 = procstat.process_cpu_seconds(pid)
+    wal = await conn.fetchval("SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn0)
     cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
     total = calls * n
-    return wall / total * 1e6, cpu / total * 1e6, approved / total
+    return Measurement(wall / total * 1e6, cpu / total * 1e6, float(wal) / total,
+                       approved / total)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -120,7 +133,7 @@ async def _run(args: argparse.Namespace) -> int:
             for fn in (SET, LOOP, ALONE):
                 for n in (1, 8):
                     if fn != ALONE or n == 1:
-                        await _measure(conn, pid, fn, items, n, 30)
+                        await measure(conn, pid, fn, items, n, 30)
             print(f"# ledger batch functions, {args.cards:,} cards, {args.rounds} rounds "
                   f"A-B-B-A, ~{args.per_point:,} authorisations per point (median of rounds)\n")
             print("| batch | loop wall us | loop CPU us | set wall us | set CPU us "
@@ -129,14 +142,14 @@ async def _run(args: argparse.Namespace) -> int:
             for n in args.sizes:
                 calls = max(args.per_point // n, 20)
                 fns = (LOOP, SET, ALONE) if n == 1 else (LOOP, SET)
-                got: dict[str, list[tuple[float, float, float]]] = {f: [] for f in fns}
+                got: dict[str, list[Measurement]] = {f: [] for f in fns}
                 for r in range(args.rounds):
                     order = fns if r % 2 == 0 else tuple(reversed(fns))
                     for fn in order:
-                        got[fn].append(await _measure(conn, pid, fn, items, n, calls))
-                med = {f: (statistics.median(v[0] for v in got[f]),
-                           statistics.median(v[1] for v in got[f]),
-                           min(v[2] for v in got[f])) for f in fns}
+                        got[fn].append(await measure(conn, pid, fn, items, n, calls))
+                med = {f: (statistics.median(v.wall_us for v in got[f]),
+                           statistics.median(v.cpu_us for v in got[f]),
+                           min(v.approved for v in got[f])) for f in fns}
                 print(f"| {n} | {med[LOOP][0]:.0f} | {med[LOOP][1]:.0f} | {med[SET][0]:.0f} "
                       f"| {med[SET][1]:.0f} | {med[SET][1] / med[LOOP][1]:.2f} "
                       f"| {min(m[2] for m in med.values()):.0%} |", flush=True)

@@ -21,35 +21,16 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
 
-from benchmarks import dataset, harness, procstat
-from benchmarks.ledger_batch import ALONE, SET, Items, call
+from benchmarks import dataset, harness
+from benchmarks.ledger_batch import ALONE, SET, Items, Measurement, call, measure
 from holds.migrate import available
 
 __all__ = ["main"]
-
-
-async def _measure(conn: asyncpg.Connection[Any], pid: int, fn: str, items: Items, n: int,
-                   calls: int) -> tuple[float, float, float, float]:
-    """(wall us, backend CPU us, WAL bytes, approval share) per authorisation."""
-    batches = [items.batch(n) for _ in range(calls)]
-    lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
-    cpu0 = procstat.process_cpu_seconds(pid)
-    t0 = time.perf_counter()
-    approved = 0
-    for batch in batches:
-        approved += await call(conn, fn, batch)
-    wall = time.perf_counter() - t0
-    cpu1 = procstat.process_cpu_seconds(pid)
-    wal = await conn.fetchval("SELECT pg_current_wal_lsn() - $1::pg_lsn", lsn0)
-    cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
-    total = calls * n
-    return wall / total * 1e6, cpu / total * 1e6, float(wal) / total, approved / total
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -77,7 +58,7 @@ async def _run(args: argparse.Namespace) -> int:
         calls = [(ALONE, 1)] + [(SET, n) for n in args.sizes]
         for k in names:  # plans made, caches warm
             for fn, n in calls:
-                await _measure(conns[k], pids[k], fn, items[k], n, 30)
+                await measure(conns[k], pids[k], fn, items[k], n, 30)
 
         print(f"# the ledger call: schema through {args.through} (before) against today's "
               f"({available()[-1].version}, after); {args.cards:,} cards, {args.rounds} rounds "
@@ -87,14 +68,14 @@ async def _run(args: argparse.Namespace) -> int:
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for fn, n in calls:
             per = max(args.per_point // n, 20)
-            got: dict[str, list[tuple[float, float, float, float]]] = {k: [] for k in names}
+            got: dict[str, list[Measurement]] = {k: [] for k in names}
             for r in range(args.rounds):
                 for k in (("before", "after") if r % 2 == 0 else ("after", "before")):
-                    got[k].append(await _measure(conns[k], pids[k], fn, items[k], n, per))
+                    got[k].append(await measure(conns[k], pids[k], fn, items[k], n, per))
             med = {k: [statistics.median(v[i] for v in got[k]) for i in range(3)]
-                   for k in names}
+                   for k in names}  # wall, CPU, WAL
             b, a = med["before"], med["after"]
-            share = min(v[3] for k in names for v in got[k])
+            share = min(v.approved for k in names for v in got[k])
             label = "1 alone (hf_authorize)" if fn == ALONE else f"batch of {n}"
             print(f"| {label} | {b[0]:.0f} | {b[1]:.0f} | {b[2]:.0f} | {a[0]:.0f} | {a[1]:.0f} "
                   f"| {a[2]:.0f} | {a[0] / b[0]:.2f} | {a[1] / b[1]:.2f} | {a[2] / b[2]:.2f} "
