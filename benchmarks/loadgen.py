@@ -37,6 +37,7 @@ from typing import Final, Literal, cast
 import orjson
 
 from benchmarks import procstat
+from benchmarks.alarm import Alarm
 from benchmarks.traffic import build_bodies, frame_requests
 
 __all__ = ["Result", "Spec", "main", "run"]
@@ -68,6 +69,10 @@ class Spec:
     # request ids start with a scrambled number (as random as a processor's UUIDs), so new rows
     # land all over the primary-key indexes instead of at one end (traffic.build_bodies)
     scatter_ids: bool = False
+    # open loop: what wakes the client when a request is due: "timerfd" (benchmarks/alarm.py,
+    # to tens of microseconds) or "loop" (the event loop's own millisecond timer, as before
+    # session 18: figures measured with it carry up to ~0.5 ms of the client's own lag)
+    timer: Literal["timerfd", "loop"] = "timerfd"
 
 
 @dataclass(slots=True)
@@ -175,6 +180,7 @@ class _Run:
         self.stop_at = float("inf")  # closed loop: no new sends after this
         self.stopped_early: float | None = None  # open loop: when stop_now() cut the schedule
         self.all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.alarm: Alarm | None = None  # open loop: wakes tick() when the next request is due
 
     # -- connection callbacks ---------------------------------------------------------------
     def answered(self, conn: _Connection, status: int, body: bytes) -> None:
@@ -266,7 +272,8 @@ class _Run:
         self.next = i
         self.max_backlog = max(self.max_backlog, len(self.backlog))
         if i < n:
-            asyncio.get_running_loop().call_later(due[i] - time.perf_counter(), self.tick)
+            assert self.alarm is not None
+            self.alarm.set(due[i])
         else:
             self._check_done()
 
@@ -337,7 +344,8 @@ async def run(spec: Spec) -> Result:
             loop.add_signal_handler(signal.SIGUSR1, state.stop_now)
         if spec.keep_due:  # tell the caller when the measured window starts (wall clock)
             print(f"window-start {window_start_unix:.6f}", flush=True)
-        loop.call_later(start - time.perf_counter(), state.tick)
+        state.alarm = Alarm(loop, state.tick, precise=spec.timer == "timerfd")
+        state.alarm.set(start)
         end = state.due[-1] if state.due else start
         timeout = end - time.perf_counter() + _DRAIN_S + spec.duration_s
     else:
@@ -349,6 +357,8 @@ async def run(spec: Spec) -> Result:
     with contextlib.suppress(TimeoutError):  # whatever is unanswered then counts as an error
         await asyncio.wait_for(asyncio.shield(state.all_done), timeout)
     cpu_s = procstat.cpu_seconds(cpu_before[0], procstat.snapshot(watch))
+    if state.alarm is not None:
+        state.alarm.close()
     for conn in conns:
         if conn.transport is not None:
             conn.transport.close()

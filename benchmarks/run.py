@@ -81,6 +81,10 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="open-loop connections")
     p.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson")
     p.add_argument("--lead-in", type=float, default=1.0, help="unmeasured start of each run, s")
+    p.add_argument("--client-timer", choices=("timerfd", "loop"), default="timerfd",
+                   help="what wakes the open-loop client when a request is due: a timerfd (to "
+                        "tens of microseconds) or the event loop's millisecond timer (as before "
+                        "session 18; benchmarks/alarm.py)")
     p.add_argument("--pg", default=os.environ.get(
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"),
         help="PostgreSQL server (any database: the benchmark creates its own)")
@@ -107,6 +111,13 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         args.cards, args.warmup, args.sat_seconds, args.sat_rounds = 1_000, 1.0, 2.0, 1
         args.open_seconds, args.open_rounds, args.high_rate = 3.0, 1, 0.0
     return args
+
+
+_TIMERS = {
+    "timerfd": "timerfd (a request is sent within tens of microseconds of its due time)",
+    "loop": "the event loop's millisecond timer (as before session 18: up to ~0.5 ms of the "
+            "client's own lag counts in latency)",
+}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -257,7 +268,8 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
                     lead_in_s=args.lead_in, cards=args.cards, seed=seed, secret=bench.secret,
                     id_prefix=f"{bench.run_id}.{tag}.{server.name[0]}",
                     connections=max(args.concurrency), arrivals=args.arrivals,
-                    server_pid=server.pid, max_rate=max_rate[server.name])
+                    server_pid=server.pid, max_rate=max_rate[server.name],
+                    timer=args.client_timer)
         return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
     max_rate = {HOLDFAST: 8_000.0, RAW: 8_000.0}
@@ -318,6 +330,7 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                          if args.high_rate else "")),
         ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
                     f"{args.warmup:g} s closed-loop warm-up per server first"),
+        ("open-loop client's timer", _TIMERS[args.client_timer]),
         ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
         ("raw stack writes", "one small row per request" if args.raw_writes == "insert" else
          "an approval's rows in Holdfast's tables (authorisation with its hold, request, "
