@@ -23,11 +23,12 @@ import asyncio
 import ctypes
 import ctypes.util
 import os
+import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
-__all__ = ["Alarm", "timerfd_available"]
+__all__ = ["Alarm", "lateness", "timerfd_available"]
 
 _CLOCK_MONOTONIC: Final = 1
 _TFD_NONBLOCK: Final = os.O_NONBLOCK
@@ -129,3 +130,36 @@ class Alarm:
             os.close(self._fd)
             self._fd = -1
             self._libc = None
+
+
+async def lateness(delays: Sequence[float], *, precise: bool = True
+                   ) -> tuple[list[float], float]:
+    """Keep one appointment after another, each ``delays[k]`` s after the one before was kept:
+    how late each was kept, in µs, and this process's CPU per appointment, in µs
+    (benchmarks/client_timer.py; the benchmark report's machine section)."""
+    loop = asyncio.get_running_loop()
+    late: list[float] = []
+    state: dict[str, float] = {}
+    done: asyncio.Future[None] = loop.create_future()
+    index = [0]
+
+    def ring() -> None:
+        late.append((time.perf_counter() - state["at"]) * 1e6)
+        index[0] += 1
+        if index[0] == len(delays):
+            done.set_result(None)
+            return
+        state["at"] = time.perf_counter() + delays[index[0]]
+        alarm.set(state["at"])
+
+    alarm = Alarm(loop, ring, precise=precise)
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+    try:
+        state["at"] = time.perf_counter() + delays[0]
+        alarm.set(state["at"])
+        await done
+    finally:
+        alarm.close()
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return late, cpu / len(delays) * 1e6

@@ -356,6 +356,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         idle = await machine.idle_cost(bench.db_url)
         context.environment.append(("a lone INSERT + commit (what idling costs here)", idle))
         print(f"a lone INSERT + commit: {idle}", flush=True)
+        wake = await machine.wake_lateness()
+        context.environment.append(("a timer 0.2-1 ms ahead wakes the client", wake))
+        print(f"a timer 0.2-1 ms ahead: {wake}", flush=True)
         servers = await _start_servers(bench)
         print(f"holdfast on :{servers[HOLDFAST].port} (pid {servers[HOLDFAST].pid}), "
               f"raw stack on :{servers[RAW].port} (pid {servers[RAW].pid})", flush=True)

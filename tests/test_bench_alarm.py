@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable
 
 import pytest
 import uvloop
 
-from benchmarks import loadgen
-from benchmarks.alarm import Alarm, timerfd_available
+from benchmarks import loadgen, machine
+from benchmarks.alarm import Alarm, lateness, timerfd_available
 
 
 def _fire_times(loop: asyncio.AbstractEventLoop, precise: bool, delays: list[float]
@@ -152,3 +153,16 @@ async def test_the_open_loop_sends_nothing_before_it_is_due(timer: str) -> None:
     assert result.completed == len(result.lag_us) > 150  # ~200 due in the 0.4 s window
     assert min(result.lag_us) >= 0
     assert result.reasons == {"approved": result.completed}
+
+
+@pytest.mark.skipif(not timerfd_available(), reason="no timerfd here")
+async def test_the_reports_wake_up_probe_keeps_every_appointment_and_orders_its_figures() -> None:
+    late, cpu_per = await lateness([0.0002, 0.0005, 0.001] * 20)
+    assert len(late) == 60
+    assert min(late) >= 0  # kept, never early
+    assert cpu_per > 0
+    line = await machine.wake_lateness()
+    figures = [int(x.replace(",", "")) for x in re.findall(r"([\d,]+) µs", line)]
+    assert len(figures) == 3
+    p50, p99, top = figures
+    assert p50 <= p99 <= top
