@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from benchmarks import dataset, harness
+from benchmarks import dataset, harness, traffic
 from benchmarks.harness import Latency, LoadRun
 from benchmarks.loadgen import Result, Spec
 from benchmarks.servers import ServerProcess, free_port, start_server
@@ -109,7 +109,10 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
              f"through {b.schema}, run from a worktree of it. Open loop at {args.rate:g}/s "
              f"({args.arrivals} arrivals, {args.connections} connections), {args.rounds} rounds "
              f"of {args.seconds:g} s per server alternating A B, B A, ...; latency from each "
-             "request's due time, in ms.", ""]
+             "request's due time, in ms."
+             + ("" if args.cards_per_account == 1 else
+                f" {args.cards:,} cards, {args.cards_per_account} of one currency to an "
+                "account."), ""]
     rows = []
     for i, (ra, rb) in enumerate(zip(a.open_runs, b.open_runs, strict=True), 1):
         la, lb = Latency.of(ra.latencies_us), Latency.of(rb.latencies_us)
@@ -217,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=0,
                         help="also a closed loop at this many connections each round (0: none)")
     parser.add_argument("--cards", type=int, default=10_000)
+    parser.add_argument("--cards-per-account", type=int, default=1,
+                        help="cards of one currency to a funding account (default 1)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra HOLDFAST_* setting for both servers (repeatable)")
     parser.add_argument("--pg", default=os.environ.get(
@@ -226,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true",
                         help="print the report only (default: also results/<date>-ab.md)")
     args = parser.parse_args(argv)
+    traffic.share_accounts(args.cards_per_account)
     args.quick = False
     args.other = _commit(args.against)
     args.tree = Path(tempfile.mkdtemp(prefix="holdfast-ab-")) / "tree"

@@ -82,12 +82,18 @@ def _policy_json(raw: dict[str, Any]) -> str:
 
 async def seed(url: str, cards: int) -> None:
     profiles = [profile(i) for i in range(cards)]
+    # an account's funds are its cards' together (one card each unless traffic.share_accounts)
+    funds: dict[str, int] = {}
+    currency_of: dict[str, str] = {}
+    for p in profiles:
+        funds[p.account_id] = funds.get(p.account_id, 0) + p.funds_minor
+        currency_of[p.account_id] = p.currency
     conn = await asyncpg.connect(url)
     try:
         async with conn.transaction():
             await conn.copy_records_to_table(
                 "accounts", columns=["id", "kind", "currency", "overdraft_limit"],
-                records=[(p.account_id, "customer", p.currency, 0) for p in profiles],
+                records=[(a, "customer", currency_of[a], 0) for a in funds],
             )
             await conn.copy_records_to_table(
                 "cards", columns=["id", "account_id", "state", "expires", "last4"],
@@ -103,9 +109,8 @@ async def seed(url: str, cards: int) -> None:
                 await conn.execute("SELECT hf_settlement_account($1)", currency)
             await conn.executemany(
                 "SELECT hf_deposit($1, $2, $3, $4, $5)",
-                [(f"deposit:{p.account_id}:bench-seed", p.account_id, p.funds_minor,
-                  "benchmark seed", request_hash(p.funds_minor, "benchmark seed"))
-                 for p in profiles],
+                [(f"deposit:{a}:bench-seed", a, amount, "benchmark seed",
+                  request_hash(amount, "benchmark seed")) for a, amount in funds.items()],
             )
         await _analyze_filled(conn)
     finally:

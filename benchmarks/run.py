@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from benchmarks import dataset, harness, machine, server_stages
+from benchmarks import dataset, harness, machine, server_stages, traffic
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
 from benchmarks.report import (
@@ -67,6 +67,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cards", type=int, default=10_000, help="cardholders seeded (default 10000)")
+    p.add_argument("--cards-per-account", type=int, default=1,
+                   help="cards of one currency to a funding account (default 1)")
     p.add_argument("--warmup", type=float, default=3.0, help="closed-loop warm-up per server, s")
     p.add_argument("--concurrency", type=_levels, default=(32, 128, 256),
                    help="closed-loop connections for saturation, comma-separated (default "
@@ -103,6 +105,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="a smoke run: 1,000 cards and short phases (figures not comparable)")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
+    traffic.share_accounts(args.cards_per_account)
     for item in args.server_env:
         name, sep, _ = item.partition("=")
         if not sep or not name.startswith("HOLDFAST_"):
@@ -320,7 +323,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
     context.environment = [("code", code),
                            *await harness.environment(bench.pg_admin, bench.redis_url)]
     context.settings = [
-        ("cards", f"{args.cards:,} (one funded account each)"),
+        ("cards", f"{args.cards:,} (one funded account each)" if args.cards_per_account == 1
+         else f"{args.cards:,}, {args.cards_per_account} of one currency to a funded account"),
         ("saturation", f"closed loop at {', '.join(map(str, args.concurrency))} connections, "
                        f"{args.sat_rounds} x {args.sat_seconds:g} s per level and server; a "
                        "server's saturation is its best level (median of its rounds)"),

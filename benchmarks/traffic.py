@@ -30,6 +30,7 @@ __all__ = [
     "build_bodies",
     "frame_requests",
     "profile",
+    "share_accounts",
 ]
 
 AUTHORIZE_PATH: Final = "/v1/authorize"
@@ -38,6 +39,18 @@ MAX_AMOUNT_MINOR: Final = 2_000_00  # per-transaction limit on every card
 RICH_FUNDS_MINOR: Final = 50_000_00  # enough that a run never exhausts a normal account
 POOR_FUNDS_MINOR: Final = 60_00  # a couple of purchases, then insufficient_funds
 _HOME: Final = {"GBP": "GB", "EUR": "FR", "USD": "US"}
+# cards per funding account (share_accounts): 1, each card its own account, unless a benchmark
+# asks for a company's cards on one account
+_cards_per_account = [1]
+
+
+def share_accounts(cards_per_account: int) -> None:
+    """From now on, consecutive cards of one currency, ``cards_per_account`` at a time, draw on
+    one account (a company's cards on its funding account; with Zipf-skewed activity the group of
+    the busiest cards is a hot account). 1: every card its own account, as by default."""
+    if cards_per_account < 1:
+        raise ValueError("cards_per_account must be at least 1")
+    _cards_per_account[0] = cards_per_account
 _EEA_NEIGHBOURS: Final = ("IE", "FR", "DE", "ES", "NL", "IT")
 
 
@@ -69,10 +82,12 @@ def profile(index: int) -> CardProfile:
     }
     if index % 10 == 1:  # ~10 %: domestic-and-neighbours only
         policy["country_allow"] = sorted({_HOME[currency], *_EEA_NEIGHBOURS})
+    per = _cards_per_account[0]
     return CardProfile(
         index=index,
         card_id=f"bc-{index:05d}",
-        account_id=f"ba-{index:05d}",
+        # shared: the group's account in the card's currency (its funds are its cards' together)
+        account_id=f"ba-{index:05d}" if per == 1 else f"ba-g{index // per:05d}-{currency}",
         currency=currency,
         funds_minor=POOR_FUNDS_MINOR if poor else RICH_FUNDS_MINOR,
         state="frozen" if frozen else "active",

@@ -278,6 +278,90 @@ async def test_a_card_in_a_running_call_waits_for_the_next_one(
     await b.close()
 
 
+async def test_two_cards_of_one_account_are_not_in_two_calls_at_once(
+        api: Api, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A company's two cards share one funding account. A coffee on the first is in a ledger
+    call when lunch on the second and a bus fare on another account's card arrive, a second slot
+    free. Lunch does not join the fare's call, where it would wait for the first call's lock on
+    the account and hold the fare up with it: the fare goes at once, lunch after the coffee."""
+    company = await api.account("GBP", funds=1_000)
+    first, second = await api.card(company), await api.card(company)
+    other = await api.card(await api.account("GBP", funds=1_000))
+    calls: list[list[str]] = []
+    first_sent = asyncio.Event()
+    release_first = asyncio.Event()
+    real = ledger.authorize_many
+
+    async def spy(db_: Any, items: Sequence[ledger.AuthorizeItem], **kw: Any
+                  ) -> list[ledger.AuthorizeResult]:
+        calls.append([i.provider_id for i in items])
+        if len(calls) == 1:
+            first_sent.set()
+            await release_first.wait()
+        return await real(db_, items, **kw)
+
+    monkeypatch.setattr(ledger, "authorize_many", spy)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=2)
+    deadline = asyncio.get_running_loop().time() + 10
+    coffee = item(first, 300, request_id=uid("coffee"))
+    lunch = item(second, 450, request_id=uid("lunch"))
+    fare = item(other, 250, request_id=uid("fare"))
+    coffee_f = b.submit(coffee, deadline, company)
+    await asyncio.wait_for(first_sent.wait(), 5)
+    lunch_f, fare_f = b.submit(lunch, deadline, company), b.submit(fare, deadline, "")
+    assert (await asyncio.wait_for(fare_f, 5)).approved  # the fare did not wait for the coffee
+    assert not lunch_f.done()
+    release_first.set()
+    results = await asyncio.gather(coffee_f, lunch_f)
+
+    assert calls == [[coffee.provider_id], [fare.provider_id], [lunch.provider_id]]
+    assert [r.approved for r in results] == [True, True]
+    assert sample(metrics, "holdfast_pg_batch_card_waits_total") == 1
+    assert await account_row(db, company) == (1_000, 750)
+    await b.close()
+
+
+@pytest.mark.parametrize("known", ["first", "retry"])
+async def test_a_request_whose_account_is_not_known_is_kept_apart_by_its_card(
+        api: Api, db: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch, known: str) -> None:
+    """One of two attempts at a request was decided without its account (a replay's verdict, or
+    standing in): the retry is still held back while the first is in a call, by its card."""
+    acct = await api.account("GBP", funds=1_000)
+    card = await api.card(acct)
+    calls: list[list[str]] = []
+    first_sent = asyncio.Event()
+    release_first = asyncio.Event()
+    real = ledger.authorize_many
+
+    async def spy(db_: Any, items: Sequence[ledger.AuthorizeItem], **kw: Any
+                  ) -> list[ledger.AuthorizeResult]:
+        calls.append([i.provider_id for i in items])
+        if len(calls) == 1:
+            first_sent.set()
+            await release_first.wait()
+        return await real(db_, items, **kw)
+
+    monkeypatch.setattr(ledger, "authorize_many", spy)
+    metrics = Metrics()
+    b = batcher(db, metrics, inflight=2)
+    deadline = asyncio.get_running_loop().time() + 10
+    original = item(card, 300, request_id=uid("coffee"))
+    first_f = b.submit(original, deadline, acct if known == "first" else "")
+    await asyncio.wait_for(first_sent.wait(), 5)
+    retry_f = b.submit(original, deadline, acct if known == "retry" else "")
+    await asyncio.sleep(0.05)
+    assert not retry_f.done()  # not sent beside the call that holds its card
+    release_first.set()
+    first_r, retry_r = await asyncio.gather(first_f, retry_f)
+
+    assert len(calls) == 2
+    assert (first_r.status, retry_r.status) == ("new", "replay")
+    assert retry_r.approved_amount_minor == first_r.approved_amount_minor == 300
+    assert sample(metrics, "holdfast_pg_batch_card_waits_total") == 1
+    await b.close()
+
+
 async def test_a_pooled_connection_outlives_asyncpgs_query_limit(settings: Settings) -> None:
     """asyncpg would swap a pooled connection for a new, cold one after 50,000 queries (and close
     one idle for 300 s); the server's pool keeps its connections warm."""
