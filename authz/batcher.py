@@ -8,14 +8,11 @@ with it. So batches form only when the ledger is the bottleneck, and they grow w
 one round trip, one commit and one WAL flush then serve many authorisations, which is most of
 what PostgreSQL spends on a lone one.
 
-A batch never takes a request whose account is in a call still running: that call holds the
+A batch never takes a request whose card is in a call still running: that call holds the card's
 account locked until it commits, and the request would hold up the whole of its own batch
 waiting for the lock. It waits at the head of the queue instead, and the call that holds its
-account takes it when it finishes. The account comes from the decision's Redis verdict (the
-cached card names it); a request decided without one (standing in, a retry of a request already
-seen, a card cached before the account was) is kept apart by its card alone, and can still meet
-another card of its account at the lock: that costs time, never correctness (every writer locks
-in the same order).
+card takes it when it finishes. (Two cards of one account in two calls can still meet at the
+lock; that costs time, never correctness: every writer locks in the same order.)
 
 Every request still gets exactly what a call of its own would give: ``hf_authorize_batch``
 decides the requests one after another, in arrival order, and answers after the commit. A batch
@@ -60,10 +57,7 @@ class _Pending:
     item: ledger.AuthorizeItem
     deadline: float  # loop time
     future: asyncio.Future[ledger.AuthorizeResult]
-    # what its ledger call will lock: (card, account), or its card alone where the account is
-    # not known (ids as they are: a card and an account of one id would only wait for each other)
-    locks: tuple[str, ...]
-    waited: bool = False  # held back once for its account (counted once)
+    waited: bool = False  # held back once for its card (counted once)
 
 
 class LedgerBatcher:
@@ -83,7 +77,7 @@ class LedgerBatcher:
         self._max_inflight = max_inflight
         self._queue: deque[_Pending] = deque()
         self._inflight = 0
-        self._locks_sent: dict[str, int] = {}  # lock -> requests of it in calls still running
+        self._cards_sent: dict[str, int] = {}  # card -> requests of it in calls still running
         self._runners: set[asyncio.Task[None]] = set()
         # connections the slots keep between calls (at most one a slot): taking one from the
         # pool and giving it back cost a ledger call more Python than its own round trip
@@ -92,18 +86,16 @@ class LedgerBatcher:
         # follow-ups, the management routes) are left without one
         self._keep = max(0, min(max_inflight, pool.get_max_size() - _LEFT_FOR_OTHERS))
 
-    def submit(self, item: ledger.AuthorizeItem, deadline: float, account_id: str = ""
+    def submit(self, item: ledger.AuthorizeItem, deadline: float
                ) -> asyncio.Future[ledger.AuthorizeResult]:
-        """Queue one request (``account_id``: its card's account, '' if not known); the future
-        has its result once its batch has committed (or the error that stopped it). The future is
-        this request's alone: a caller that gives up may cancel it or fail it (TimeoutError); a
-        request whose future is done is not sent, and a call already on its way goes on for the
-        others and drops its answer."""
+        """Queue one request; the future has its result once its batch has committed (or the
+        error that stopped it). The future is this request's alone: a caller that gives up may
+        cancel it or fail it (TimeoutError); a request whose future is done is not sent, and a
+        call already on its way goes on for the others and drops its answer."""
         future: asyncio.Future[ledger.AuthorizeResult] = (
             asyncio.get_running_loop().create_future())
         future.add_done_callback(_retrieve)
-        locks = (item.card_id, account_id) if account_id else (item.card_id,)
-        self._queue.append(_Pending(item, deadline, future, locks))
+        self._queue.append(_Pending(item, deadline, future))
         if self._inflight < self._max_inflight:
             self._inflight += 1
             runner = asyncio.create_task(self._run())
@@ -112,27 +104,27 @@ class LedgerBatcher:
         return future
 
     async def _run(self) -> None:
-        """One slot: send what is queued, until nothing is (or all of it waits for accounts in
-        a call still running, whose slot then takes it)."""
+        """One slot: send what is queued, until nothing is (or all of it waits for cards in a
+        call still running, whose slot then takes it)."""
         try:
             while self._queue:
                 batch = self._take()
                 if not batch:
                     break
-                sent = self._locks_sent
+                cards = self._cards_sent
                 for pending in batch:
-                    for lock in pending.locks:
-                        sent[lock] = sent.get(lock, 0) + 1
+                    card = pending.item.card_id
+                    cards[card] = cards.get(card, 0) + 1
                 try:
                     await self._send(batch)
                 finally:
                     for pending in batch:
-                        for lock in pending.locks:
-                            left = sent[lock] - 1
-                            if left:
-                                sent[lock] = left
-                            else:
-                                del sent[lock]
+                        card = pending.item.card_id
+                        left = cards[card] - 1
+                        if left:
+                            cards[card] = left
+                        else:
+                            del cards[card]
         finally:
             self._inflight -= 1
 
@@ -140,12 +132,12 @@ class LedgerBatcher:
         """The next batch: up to ``max_batch`` queued requests in arrival order, but never two of
         one identity or one authorisation id (a retry of a request queued behind it): the ledger
         can only answer the second once the first is written, so it waits for the next batch,
-        keeping its place at the head of the queue. Nor one whose account (or card) is in a call
-        still running (it would wait there for that call's lock)."""
+        keeping its place at the head of the queue. Nor one whose card is in a call still
+        running (it would wait there for that call's lock)."""
         batch: list[_Pending] = []
         later: list[_Pending] = []
         keys: set[tuple[str, str, int] | str] = set()
-        busy = self._locks_sent
+        busy = self._cards_sent
         while self._queue and len(batch) < self._max_batch:
             pending = self._queue.popleft()
             item = pending.item
@@ -153,8 +145,7 @@ class LedgerBatcher:
             if identity in keys or item.authorization_id in keys:
                 later.append(pending)
                 continue
-            locks = pending.locks  # its card, then its account if known (one or two)
-            if busy and (locks[0] in busy or locks[-1] in busy):
+            if item.card_id in busy:
                 if not pending.waited:
                     pending.waited = True
                     self._metrics.pg_batch_card_waits.inc()

@@ -107,10 +107,7 @@ class Authorizer:
         # the future) never cuts it in half. The batcher does not send a request whose future
         # is done, and a call already on its way goes on, bounded by its own timeout. (A timer
         # instead of asyncio.timeout_at around asyncio.shield: ~5-10 us less per request.)
-        # the account, where the verdict knows it, keeps this request out of a ledger call
-        # running beside one that holds the account's lock (authz/batcher.py)
-        account = "" if verdict is None else verdict.account_id
-        future = self._batcher.submit(item, deadline, account)
+        future = self._batcher.submit(item, deadline)
         timer = loop.call_at(deadline, _give_up, future)
         try:
             result = await future

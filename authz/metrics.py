@@ -49,8 +49,8 @@ class Metrics:
         )
         self.pg_batch_card_waits = Counter(
             "holdfast_pg_batch_card_waits_total",
-            "Authorisations held for a later ledger call because their account (or card) was in "
-            "one still running", registry=r,
+            "Authorisations held for a later ledger call because their card was in one still "
+            "running", registry=r,
         )
         self.redis_errors = Counter(
             "holdfast_redis_errors_total", "Redis calls that failed or timed out", ["op"],

@@ -47,7 +47,7 @@ def encode_snapshot(card: CardSnapshot) -> str:
     # the version, policy version and expiry as strings: the script compares or copies them as
     # strings, and cjson turning a number into a Lua number costs Redis ~1,800 instructions
     doc: dict[str, object] = {"v": str(card.version), "s": card.state, "cur": card.currency,
-                              "pv": str(card.policy_version), "a": card.account_id}
+                              "pv": str(card.policy_version)}
     if card.expires:
         doc["exp"] = card.expires.replace("-", "")  # YYYYMM, compared with this month's
     if p.max_amount_minor is not None:
@@ -83,7 +83,6 @@ class Verdict(NamedTuple):
     counters: str | None = None
     buckets: str = ""
     prior_hash: str = ""
-    account_id: str = ""  # the card's account (ok and decline), '' when not known
 
 
 _MISS: Final = Verdict("miss")
@@ -216,13 +215,10 @@ def _parse_verdict(out: object) -> Verdict:
     if not isinstance(out, list) or not out:
         raise ValueError(f"unexpected reply from velocity.lua: {out!r}")
     kind = out[0]
-    # (the account last: absent from an older script's reply)
     if kind == "ok":
-        return Verdict("ok", None, int(out[1]), out[2], out[3], "",
-                       out[4] if len(out) > 4 else "")
+        return Verdict("ok", None, int(out[1]), out[2], out[3])
     if kind == "decline":
-        return Verdict("decline", Reason.from_label(out[1]), int(out[2]), out[3], "", "",
-                       out[4] if len(out) > 4 else "")
+        return Verdict("decline", Reason.from_label(out[1]), int(out[2]), out[3])
     if kind == "miss":
         return _MISS
     if kind == "dup":

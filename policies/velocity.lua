@@ -168,7 +168,7 @@ local ttl = ARGV[9]
 
 if reason ~= nil then
     redis.call('SET', KEYS[3], ARGV[8] .. '|' .. reason .. '||' .. version, 'EX', ttl)
-    return {'decline', reason, version, seen, pol.a or ''}
+    return {'decline', reason, version, seen}
 end
 
 -- each unit's buckets with this request added to the current one and those past every window
@@ -205,6 +205,4 @@ if stale ~= nil then
 end
 local used = table.concat(buckets, ',')
 redis.call('SET', KEYS[3], ARGV[8] .. '|ok|' .. used .. '|' .. version, 'EX', ttl)
--- (the card's account last: the ledger batcher keeps two cards of one account out of two
--- calls at once, authz/batcher.py; '' for a card cached before session 18)
-return {'ok', version, seen, used, pol.a or ''}
+return {'ok', version, seen, used}

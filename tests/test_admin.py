@@ -108,7 +108,7 @@ async def test_card_put_versions_its_policy(api: Api, redis: aioredis.Redis,
     assert cached is not None
     # the old rules are gone (absent: no rule)
     assert orjson.loads(cached) == {"v": "2", "s": "active", "cur": "GBP", "pv": "2",
-                                    "a": account, "exp": "202908", "max": 100}
+                                    "exp": "202908", "max": 100}
     r = await api.admin("GET", path, scope="customer")
     assert r.status == 200 and r.body["policy"] == {"max_amount": 100}
 

@@ -226,10 +226,10 @@ async def retry_overtakes_original(api: Api, raw: bytes, monkeypatch: pytest.Mon
     retry_recorded = asyncio.Event()
     held: set[asyncio.Task[None]] = set()
 
-    def retry_first(self: LedgerBatcher, item: ledger.AuthorizeItem, deadline: float,
-                    account_id: str = "") -> asyncio.Future[ledger.AuthorizeResult]:
+    def retry_first(self: LedgerBatcher, item: ledger.AuthorizeItem, deadline: float
+                    ) -> asyncio.Future[ledger.AuthorizeResult]:
         if item.counters is None:  # the retry: a duplicate to Redis, which counted nothing
-            future = real_submit(self, item, deadline, account_id)
+            future = real_submit(self, item, deadline)
             future.add_done_callback(lambda _: retry_recorded.set())
             return future
         # the attempt that counted (Redis hands counters only to it): hold it back until the
@@ -242,7 +242,7 @@ async def retry_overtakes_original(api: Api, raw: bytes, monkeypatch: pytest.Mon
             try:
                 async with asyncio.timeout(5):
                     await retry_recorded.wait()
-                result = await real_submit(self, item, deadline, account_id)
+                result = await real_submit(self, item, deadline)
             except Exception as exc:  # handed to the waiting request, as the batcher would
                 if not outer.done():
                     outer.set_exception(exc)

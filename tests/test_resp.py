@@ -10,7 +10,6 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 import redis
 import redis.asyncio as aioredis
@@ -18,12 +17,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from authz.settings import Settings
-from policies.cache import PolicyCache, encode_snapshot
-from policies.model import AuthorizationRequest, Policy
+from policies.cache import PolicyCache
+from policies.model import AuthorizationRequest
 from policies.resp import PipelinedRedis, pack
-from policies.store import CardSnapshot
 from tests.conftest import REDIS_URL, RUN_ID
-from tests.support import Api, uid
+from tests.support import Api
 
 
 @contextlib.asynccontextmanager
@@ -245,37 +243,3 @@ async def test_the_server_decides_over_it_and_counts_its_connections(api: Api) -
     metrics = await api.raw("GET", "/metrics")
     # the session's server opened its pipelined connection once and has kept it
     assert "holdfast_redis_hotpath_connects_total 1.0" in str(metrics.body)
-
-
-async def test_a_verdict_names_the_cards_account_and_an_older_cache_entry_none(
-        settings: Settings, redis: aioredis.Redis) -> None:
-    """The decision script returns the cached card's account (what the ledger batcher keeps
-    apart), in an approval's verdict and a decline's; a card cached by a server from before
-    session 18 has none, and its verdict says so ('')."""
-    async with _connected() as fast:
-        cache = PolicyCache(redis, settings.redis_prefix + f"acct-{RUN_ID}:", 60, fast)
-        await cache.load_scripts()
-        card = CardSnapshot(
-            id="card-acct", account_id="acct-company", currency="GBP", state="active",
-            version=1, policy_version=1, policy=Policy(mcc_block=frozenset({"7995"})),
-            expires=None, last4=None)
-        assert await cache.put(card)
-
-        def request(rid: str, mcc: str) -> AuthorizationRequest:
-            return AuthorizationRequest(
-                provider="native", provider_id=rid, sequence=0, authorization_id=rid,
-                card_id=card.id, amount_minor=100, currency="GBP", merchant_id="m",
-                merchant_name="M", mcc=mcc, country="GB", channel="pos",
-                partial_allowed=False, parent_id=None, request_hash="h-" + rid)
-
-        ok = await cache.check(request(uid("acct-ok"), "5411"), 1_800_000_000, 202701)
-        no = await cache.check(request(uid("acct-no"), "7995"), 1_800_000_000, 202701)
-        assert (ok.kind, ok.account_id) == ("ok", "acct-company")
-        assert (no.kind, no.account_id) == ("decline", "acct-company")
-
-        # as an older server cached it: the same document without the account
-        doc = orjson.loads(encode_snapshot(card))
-        del doc["a"]
-        await redis.set(cache.policy_key(card.id), orjson.dumps(doc).decode())
-        old = await cache.check(request(uid("acct-old"), "5411"), 1_800_000_000, 202701)
-        assert (old.kind, old.account_id) == ("ok", "")
