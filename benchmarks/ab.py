@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Final
 
 from benchmarks import dataset, harness, traffic
+from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
 from benchmarks.harness import Latency, LoadRun
 from benchmarks.loadgen import Result, Spec
 from benchmarks.servers import ServerProcess, free_port, start_server
@@ -95,7 +96,8 @@ def _spec(args: argparse.Namespace, side: _Side, tag: str, seed: int, secret: st
     base = Spec(host="127.0.0.1", port=side.server.port, mode="open", duration_s=args.seconds,
                 lead_in_s=args.lead_in, cards=args.cards, seed=seed, secret=secret,
                 id_prefix=f"{tmp_id}.{tag}.{side.db_name[-1]}", connections=args.connections,
-                rate=args.rate, server_pid=side.server.pid)
+                rate=args.rate, server_pid=side.server.pid,
+                realtime_priority=args.client_realtime)
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
@@ -110,6 +112,8 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
              f"({args.arrivals} arrivals, {args.connections} connections), {args.rounds} rounds "
              f"of {args.seconds:g} s per server alternating A B, B A, ...; latency from each "
              "request's due time, in ms."
+             + (f" The load generator under SCHED_FIFO at {args.client_realtime}."
+                if args.client_realtime else " The load generator in the normal class.")
              + ("" if args.cards_per_account == 1 else
                 f" {args.cards:,} cards, {args.cards_per_account} of one currency to an "
                 "account."), ""]
@@ -220,6 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=0,
                         help="also a closed loop at this many connections each round (0: none)")
     parser.add_argument("--cards", type=int, default=10_000)
+    parser.add_argument("--client-realtime", type=int, default=None, metavar="PRIORITY",
+                        help="the load generator under SCHED_FIFO at this priority (default: "
+                             f"{CLIENT_PRIORITY} where allowed; 0: the normal class)")
     parser.add_argument("--cards-per-account", type=int, default=1,
                         help="cards of one currency to a funding account (default 1)")
     parser.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE",
@@ -232,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print the report only (default: also results/<date>-ab.md)")
     args = parser.parse_args(argv)
     traffic.share_accounts(args.cards_per_account)
+    if args.client_realtime is None:
+        args.client_realtime = CLIENT_PRIORITY if realtime_allowed() else 0
     args.quick = False
     args.other = _commit(args.against)
     args.tree = Path(tempfile.mkdtemp(prefix="holdfast-ab-")) / "tree"

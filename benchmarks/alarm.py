@@ -15,6 +15,12 @@ On Linux a ``timerfd`` armed at an absolute ``CLOCK_MONOTONIC`` time (the clock 
 the wake-up is as precise as the kernel's high-resolution timers (here 10 µs late at the median,
 52 at p99) and costs no thread and no busy wait. Elsewhere, or with ``precise=False``, the alarm
 is the loop's ``call_later``, as before.
+
+A punctual alarm is not enough on two cores that the servers keep busy: woken, the client may
+still wait for a core (its sends 1.1-1.6 ms late at p99 beside Holdfast at 1,000/s, 0.2-0.3 beside
+the raw stack: a bias against the busier server). ``realtime_allowed`` says whether the client may
+run under SCHED_FIFO (``CLIENT_PRIORITY``), which the benchmarks then do by default (then
+0.06-0.08 ms).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Final
 
-__all__ = ["Alarm", "lateness", "timerfd_available"]
+__all__ = ["CLIENT_PRIORITY", "Alarm", "lateness", "realtime_allowed", "timerfd_available"]
 
 _CLOCK_MONOTONIC: Final = 1
 _TFD_NONBLOCK: Final = os.O_NONBLOCK
@@ -163,3 +171,22 @@ async def lateness(delays: Sequence[float], *, precise: bool = True
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     return late, cpu / len(delays) * 1e6
+
+
+# the open-loop client's SCHED_FIFO priority where the machine allows one (benchmarks.run and
+# benchmarks.ab: --client-realtime); below the servers' HOLDFAST_REALTIME_PRIORITY examples
+CLIENT_PRIORITY: Final = 10
+
+
+def realtime_allowed(priority: int = CLIENT_PRIORITY) -> bool:
+    """Whether a process of this user may put itself under SCHED_FIFO at ``priority`` (tried in
+    a child process, so this one's scheduling is untouched)."""
+    if not hasattr(os, "sched_setscheduler"):
+        return False
+    probe = ("import os; os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK, "
+             f"os.sched_param({priority}))")
+    try:
+        return subprocess.run([sys.executable, "-c", probe], check=False,
+                              capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False

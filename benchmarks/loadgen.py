@@ -73,6 +73,9 @@ class Spec:
     # to tens of microseconds) or "loop" (the event loop's own millisecond timer, as before
     # session 18: figures measured with it carry up to ~0.5 ms of the client's own lag)
     timer: Literal["timerfd", "loop"] = "timerfd"
+    # the client's loop under SCHED_FIFO at this priority (0: the normal class): woken, it runs
+    # at once instead of waiting for a core behind the servers (authz/scheduling.py)
+    realtime_priority: int = 0
 
 
 @dataclass(slots=True)
@@ -435,6 +438,10 @@ def main(argv: list[str]) -> int:
         print("usage: python -m benchmarks.loadgen SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = Spec(**orjson.loads(Path(argv[0]).read_bytes()))
+    if spec.realtime_priority:
+        from authz.scheduling import run_realtime
+
+        run_realtime(spec.realtime_priority)
     if hasattr(signal, "SIGUSR1"):  # a stop request before the run has begun changes nothing
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

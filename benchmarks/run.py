@@ -33,6 +33,7 @@ import asyncpg
 import orjson
 
 from benchmarks import dataset, harness, machine, server_stages, traffic
+from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
 from benchmarks.report import (
@@ -83,6 +84,11 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--connections", type=int, default=64, help="open-loop connections")
     p.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson")
     p.add_argument("--lead-in", type=float, default=1.0, help="unmeasured start of each run, s")
+    p.add_argument("--client-realtime", type=int, default=None, metavar="PRIORITY",
+                   help="run the load generator under SCHED_FIFO at this priority, so that it "
+                        "sends on time however busy the servers are (default: "
+                        f"{CLIENT_PRIORITY} where the machine allows it; 0: the normal class, "
+                        "as before session 18)")
     p.add_argument("--client-timer", choices=("timerfd", "loop"), default="timerfd",
                    help="what wakes the open-loop client when a request is due: a timerfd (to "
                         "tens of microseconds) or the event loop's millisecond timer (as before "
@@ -106,6 +112,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
     args = p.parse_args(argv)
     traffic.share_accounts(args.cards_per_account)
+    if args.client_realtime is None:
+        args.client_realtime = CLIENT_PRIORITY if realtime_allowed() else 0
     for item in args.server_env:
         name, sep, _ = item.partition("=")
         if not sep or not name.startswith("HOLDFAST_"):
@@ -272,7 +280,7 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
                     id_prefix=f"{bench.run_id}.{tag}.{server.name[0]}",
                     connections=max(args.concurrency), arrivals=args.arrivals,
                     server_pid=server.pid, max_rate=max_rate[server.name],
-                    timer=args.client_timer)
+                    timer=args.client_timer, realtime_priority=args.client_realtime)
         return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
     max_rate = {HOLDFAST: 8_000.0, RAW: 8_000.0}
@@ -335,6 +343,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
                     f"{args.warmup:g} s closed-loop warm-up per server first"),
         ("open-loop client's timer", _TIMERS[args.client_timer]),
+        ("load generator's scheduling", f"SCHED_FIFO at priority {args.client_realtime}"
+         if args.client_realtime else "the normal class, as the servers"),
         ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
         ("raw stack writes", "one small row per request" if args.raw_writes == "insert" else
          "an approval's rows in Holdfast's tables (authorisation with its hold, request, "

@@ -24,7 +24,7 @@ def _side(label: str, runs: list[list[float]]) -> _Side:
 def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won() -> None:
     args = argparse.Namespace(rate=1000.0, arrivals="poisson", connections=64, rounds=2,
                               seconds=1.0, other="abc1234", concurrency=0, cards=10_000,
-                              cards_per_account=1)
+                              cards_per_account=1, client_realtime=10)
     # 100 samples a run: p99 is the 99th value; A's is lower in round 1, higher in round 2
     a = _side("A", [[1.0] * 98 + [5.0, 9.0], [2.0] * 98 + [8.0, 8.0]])
     b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]])

@@ -5,16 +5,22 @@ in the benchmark reports' "send lag" column, not asserted here.)"""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import resource
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import orjson
 import pytest
 import uvloop
 
 from benchmarks import loadgen, machine
 from benchmarks.alarm import Alarm, lateness, timerfd_available
+from tests.support import REPO
 
 
 def _fire_times(loop: asyncio.AbstractEventLoop, precise: bool, delays: list[float]
@@ -166,3 +172,32 @@ async def test_the_reports_wake_up_probe_keeps_every_appointment_and_orders_its_
     assert len(figures) == 3
     p50, p99, top = figures
     assert p50 <= p99 <= top
+
+
+async def test_the_load_generator_can_run_real_time_and_still_sends_nothing_early(
+        tmp_path: Path) -> None:
+    """``--client-realtime``: the client's own process under SCHED_FIFO (so its sends wait for
+    no core), answering as before."""
+    if not (os.geteuid() == 0
+            or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= 3):
+        pytest.skip("this user may not use real-time priority")
+    server = await asyncio.get_running_loop().create_server(_Answering, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    spec, out = tmp_path / "spec.json", tmp_path / "result.json"
+    spec.write_bytes(orjson.dumps(dataclasses.asdict(loadgen.Spec(
+        host="127.0.0.1", port=port, mode="open", duration_s=1.0, lead_in_s=0.2, cards=50,
+        seed=8, secret="test-secret", id_prefix="alarm-rt", connections=4, rate=300.0,
+        realtime_priority=3))))
+    try:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "benchmarks.loadgen", str(spec), str(out), cwd=REPO)
+        await asyncio.sleep(0.6)
+        policy = os.sched_getscheduler(child.pid)
+        assert await asyncio.wait_for(child.wait(), 30) == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert policy & ~os.SCHED_RESET_ON_FORK == os.SCHED_FIFO
+    result = orjson.loads(out.read_bytes())
+    assert result["errors"] == 0 and result["completed"] > 200
+    assert min(result["lag_us"]) >= 0
