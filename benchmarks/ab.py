@@ -112,7 +112,7 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
              f"({args.arrivals} arrivals, {args.connections} connections), {args.rounds} rounds "
              f"of {args.seconds:g} s per server alternating A B, B A, ...; latency from each "
              "request's due time, in ms."
-             + (f" The load generator under SCHED_FIFO at {args.client_realtime}."
+             + (f" The open-loop load generator under SCHED_FIFO at {args.client_realtime}."
                 if args.client_realtime else " The load generator in the normal class.")
              + ("" if args.cards_per_account == 1 else
                 f" {args.cards:,} cards, {args.cards_per_account} of one currency to an "

@@ -73,8 +73,9 @@ class Spec:
     # to tens of microseconds) or "loop" (the event loop's own millisecond timer, as before
     # session 18: figures measured with it carry up to ~0.5 ms of the client's own lag)
     timer: Literal["timerfd", "loop"] = "timerfd"
-    # the client's loop under SCHED_FIFO at this priority (0: the normal class): woken, it runs
-    # at once instead of waiting for a core behind the servers (authz/scheduling.py)
+    # open loop: the client's loop under SCHED_FIFO at this priority (0: the normal class):
+    # woken, it sends at once instead of waiting for a core behind the servers
+    # (authz/scheduling.py). A closed loop's pace is the server's: it stays in the normal class
     realtime_priority: int = 0
 
 
@@ -438,7 +439,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m benchmarks.loadgen SPEC.json RESULT.json", file=sys.stderr)
         return 2
     spec = Spec(**orjson.loads(Path(argv[0]).read_bytes()))
-    if spec.realtime_priority:
+    if spec.realtime_priority and spec.mode == "open":
         from authz.scheduling import run_realtime
 
         run_realtime(spec.realtime_priority)

@@ -85,8 +85,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--arrivals", choices=("poisson", "fixed"), default="poisson")
     p.add_argument("--lead-in", type=float, default=1.0, help="unmeasured start of each run, s")
     p.add_argument("--client-realtime", type=int, default=None, metavar="PRIORITY",
-                   help="run the load generator under SCHED_FIFO at this priority, so that it "
-                        "sends on time however busy the servers are (default: "
+                   help="run the open-loop load generator under SCHED_FIFO at this priority, "
+                        "so that it sends on time however busy the servers are (default: "
                         f"{CLIENT_PRIORITY} where the machine allows it; 0: the normal class, "
                         "as before session 18)")
     p.add_argument("--client-timer", choices=("timerfd", "loop"), default="timerfd",
@@ -343,8 +343,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         ("lead-in", f"first {args.lead_in:g} s of every run sent but not measured; "
                     f"{args.warmup:g} s closed-loop warm-up per server first"),
         ("open-loop client's timer", _TIMERS[args.client_timer]),
-        ("load generator's scheduling", f"SCHED_FIFO at priority {args.client_realtime}"
-         if args.client_realtime else "the normal class, as the servers"),
+        ("load generator's scheduling", f"open loop: SCHED_FIFO at priority "
+         f"{args.client_realtime}; closed loop: the normal class" if args.client_realtime
+         else "the normal class, as the servers"),
         ("server settings", ", ".join(args.server_env) or "defaults (Settings.from_env)"),
         ("raw stack writes", "one small row per request" if args.raw_writes == "insert" else
          "an approval's rows in Holdfast's tables (authorisation with its hold, request, "
