@@ -19,8 +19,8 @@ is the loop's ``call_later``, as before.
 A punctual alarm is not enough on two cores that the servers keep busy: woken, the client may
 still wait for a core (its sends 1.1-1.6 ms late at p99 beside Holdfast at 1,000/s, 0.2-0.3 beside
 the raw stack: a bias against the busier server). ``realtime_allowed`` says whether the client may
-run under SCHED_FIFO (``CLIENT_PRIORITY``), which the benchmarks then do by default (then
-0.06-0.08 ms).
+run under SCHED_FIFO (``CLIENT_PRIORITY``), which the benchmarks' open loop then does by default
+(then 0.06-0.09 ms).
 """
 
 from __future__ import annotations

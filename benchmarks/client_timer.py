@@ -4,8 +4,8 @@ alarm (benchmarks/alarm.py), side by side in one run.
     .venv/bin/python -m benchmarks.client_timer [--wakes 2000] [--rounds 4]
 
 For each timer, ``--wakes`` appointments 0.2-1.0 ms ahead (what Poisson arrivals at 1,000/s ask
-for), alternating the timers by round; for each, how late (or early: negative) the client woke
-against the instant asked for, in µs, and the process's CPU per appointment. Under uvloop, as
+for), alternating the timers by round; for each, how late the client woke against the instant asked
+for, in µs, and the process's CPU per appointment. Under uvloop, as
 ``benchmarks.loadgen`` runs. The loop's timer goes off early now and then (it rounds a delay to
 whole milliseconds); the alarm then sets it again until the instant has come, as the load
 generator always did, so nothing is early and those extra wake-ups show in the CPU.
