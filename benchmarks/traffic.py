@@ -46,8 +46,9 @@ _cards_per_account = [1]
 
 def share_accounts(cards_per_account: int) -> None:
     """From now on, consecutive cards of one currency, ``cards_per_account`` at a time, draw on
-    one account (a company's cards on its funding account; with Zipf-skewed activity the group of
-    the busiest cards is a hot account). 1: every card its own account, as by default."""
+    one account (a company's cards on its funding account). Activity is shuffled against the
+    card index, so each account draws about its cards' share of the traffic (100 to an account:
+    ~1 % each). 1: every card its own account, as by default."""
     if cards_per_account < 1:
         raise ValueError("cards_per_account must be at least 1")
     _cards_per_account[0] = cards_per_account
