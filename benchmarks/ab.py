@@ -101,6 +101,12 @@ def _spec(args: argparse.Namespace, side: _Side, tag: str, seed: int, secret: st
     return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
 
 
+def _steal(run: Result) -> str:
+    """The hypervisor's share of all cores during the run's measured window ('-' if unknown)."""
+    capacity = run.cpu_s.get("capacity", 0.0)
+    return f"{run.cpu_s.get('steal', 0.0) / capacity:.0%}" if capacity > 0 else "-"
+
+
 def _lat(results: Sequence[Result]) -> Latency:
     return Latency.of([x for r in results for x in r.latencies_us])
 
@@ -121,9 +127,12 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
     for i, (ra, rb) in enumerate(zip(a.open_runs, b.open_runs, strict=True), 1):
         la, lb = Latency.of(ra.latencies_us), Latency.of(rb.latencies_us)
         rows.append([str(i), f"{la.p50:.2f}", f"{lb.p50:.2f}", f"{la.p99:.2f}", f"{lb.p99:.2f}",
-                     f"{la.p99 / lb.p99:.2f}", f"{ra.errors + rb.errors}"])
-    lines += harness.table(["round", "A p50", "B p50", "A p99", "B p99", "A / B p99", "errors"],
-                           rows, "rrrrrrr")
+                     f"{la.p99 / lb.p99:.2f}", f"{_steal(ra)} / {_steal(rb)}",
+                     f"{ra.errors + rb.errors}"])
+    # steal: the share of all cores the hypervisor gave other guests during each side's run; a
+    # round where it is high measured the host, not the code
+    lines += harness.table(["round", "A p50", "B p50", "A p99", "B p99", "A / B p99",
+                            "steal A / B", "errors"], rows, "rrrrrrrr")
     per_a = [Latency.of(r.latencies_us) for r in a.open_runs]
     per_b = [Latency.of(r.latencies_us) for r in b.open_runs]
     wins = sum(1 for x, y in zip(per_a, per_b, strict=True) if x.p99 < y.p99)

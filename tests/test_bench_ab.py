@@ -9,15 +9,17 @@ from benchmarks.ab import _report, _Side
 from benchmarks.loadgen import Result
 
 
-def _run(latencies_ms: list[float]) -> Result:
+def _run(latencies_ms: list[float], steal_s: float | None = None) -> Result:
     us = [int(x * 1000) for x in latencies_ms]
+    cpu = {} if steal_s is None else {"steal": steal_s, "capacity": 2.0}
     return Result(mode="open", target_rate=1000.0, duration_s=1.0, completed=len(us), errors=0,
-                  throughput=float(len(us)), latencies_us=us, service_us=us, lag_us=[0] * len(us))
+                  throughput=float(len(us)), latencies_us=us, service_us=us, lag_us=[0] * len(us),
+                  cpu_s=cpu)
 
 
-def _side(label: str, runs: list[list[float]]) -> _Side:
+def _side(label: str, runs: list[list[float]], steal_s: list[float | None]) -> _Side:
     side = _Side(label, f"db_{label[0].lower()}", "", "p:", None, schema="0017")
-    side.open_runs = [_run(r) for r in runs]
+    side.open_runs = [_run(r, s) for r, s in zip(runs, steal_s, strict=True)]
     return side
 
 
@@ -26,12 +28,13 @@ def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won()
                               seconds=1.0, other="abc1234", concurrency=0, cards=10_000,
                               cards_per_account=1, client_realtime=10)
     # 100 samples a run: p99 is the 99th value; A's is lower in round 1, higher in round 2
-    a = _side("A", [[1.0] * 98 + [5.0, 9.0], [2.0] * 98 + [8.0, 8.0]])
-    b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]])
+    # steal over 2 core-seconds: A's second round 0.5 s (25 %), B's first unknown
+    a = _side("A", [[1.0] * 98 + [5.0, 9.0], [2.0] * 98 + [8.0, 8.0]], [0.0, 0.5])
+    b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]], [None, 0.02])
     text = _report(args, a, b, "def5678")
     assert "A = this tree (def5678, schema through 0017); B = abc1234" in text
-    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0 |" in text
-    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 0 |" in text
+    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0% / - | 0 |" in text
+    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 25% / 1% | 0 |" in text
     assert "| p50, median of rounds | 1.50 | 2.00 | 0.75 |" in text
     assert "| p99, median of rounds | 6.50 | 6.50 | 1.00 |" in text
     assert "| rounds with the lower p99 | 1 | 1 |  |" in text
