@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import asyncpg
 import orjson
 
-from benchmarks import dataset, harness, machine, server_stages, traffic
+from benchmarks import dataset, halt_poll, harness, machine, server_stages, traffic
 from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
 from benchmarks.loadgen import Result, Spec
 from benchmarks.pgstats import pg_delta, pg_sample
@@ -107,6 +107,11 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-writes", choices=("insert", "ledger"), default="insert",
                    help="what the raw stack writes: one small row (default), or an approval's "
                         "rows in Holdfast's own tables without its logic (benchmarks/raw_stack.py)")
+    p.add_argument("--guest-halt-poll", type=int, default=None, metavar="NS",
+                   help="on a VM with Linux's cpuidle-haltpoll driver, let idle CPUs poll up "
+                        "to NS before they halt, never shrinking, for this run (needs root; the "
+                        "old values are put back after; benchmarks/halt_poll.py). Default: the "
+                        "machine as it is")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1,000 cards and short phases (figures not comparable)")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -118,6 +123,8 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         name, sep, _ = item.partition("=")
         if not sep or not name.startswith("HOLDFAST_"):
             p.error(f"--server-env wants HOLDFAST_NAME=VALUE, got {item!r}")
+    if args.guest_halt_poll is not None and args.guest_halt_poll < 0:
+        p.error("--guest-halt-poll wants 0 ns or more")
     if args.quick:
         args.cards, args.warmup, args.sat_seconds, args.sat_rounds = 1_000, 1.0, 2.0, 1
         args.open_seconds, args.open_rounds, args.high_rate = 3.0, 1, 0.0
@@ -321,6 +328,16 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
 
 
 async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
+    if args.guest_halt_poll is None:
+        return await _run(args, code, None)
+    # set before anything is measured (the idle cost and wake-up lines too), put back after
+    with halt_poll.polling(args.guest_halt_poll) as before:
+        return await _run(args, code, before)
+
+
+async def _run(args: argparse.Namespace, code: str,
+               before: halt_poll.HaltPoll | None) -> tuple[str, bool]:
+    """The suite; ``before`` is the machine's own idle setting when the run set its own."""
     run_id = secrets.token_hex(4)
     db_name = f"holdfast_bench_{run_id}"
     tmp = Path(tempfile.mkdtemp(prefix="holdfast-bench-"))
@@ -329,7 +346,9 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                    args.pg_socket, args.raw_writes)
     context = Context(title=f"Holdfast hot-path benchmark, {dt.date.today().isoformat()}")
     context.environment = [("code", code),
-                           *await harness.environment(bench.pg_admin, bench.redis_url)]
+                           *await harness.environment(bench.pg_admin, bench.redis_url),
+                           ("idle CPUs (the machine's own setting)",
+                            halt_poll.describe(before or halt_poll.read()))]
     context.settings = [
         ("cards", f"{args.cards:,} (one funded account each)" if args.cards_per_account == 1
          else f"{args.cards:,}, {args.cards_per_account} of one currency to a funded account"),
@@ -350,6 +369,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
         ("raw stack writes", "one small row per request" if args.raw_writes == "insert" else
          "an approval's rows in Holdfast's tables (authorisation with its hold, request, "
          "account's held) in one statement, without Holdfast's logic"),
+        ("idle CPUs during the run", "the machine's own setting" if before is None else
+         halt_poll.describe(halt_poll.read()) + " (--guest-halt-poll; put back after)"),
         ("PostgreSQL connection", f"Unix socket in {args.pg_socket}" if args.pg_socket
          else "TCP loopback"),
         ("command", "python -m benchmarks.run " + " ".join(sys.argv[1:])),
@@ -405,7 +426,12 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _options(argv)
-    return harness.run_and_report(_main, args, "-raw-ledger" if args.raw_writes == "ledger" else "")
+    try:
+        return harness.run_and_report(_main, args,
+                                      "-raw-ledger" if args.raw_writes == "ledger" else "")
+    except halt_poll.HaltPollError as exc:
+        print(f"benchmarks.run: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
