@@ -11,7 +11,7 @@ halt outlasted the maximum unless ``guest_halt_poll_allow_shrink`` is off.
 
 The polling is counted as idle by the guest (``/proc/stat``) but the host sees a busy virtual
 CPU: it costs the host the cores the guest would have given back, which is why a platform may
-turn it off (this machine boots with ``haltpoll.guest_halt_poll_ns=0``). It is the host
+turn it off (the benchmark's VMs boot with ``haltpoll.guest_halt_poll_ns=0``). It is the host
 operator's setting, not Holdfast's: the server never touches it. ``benchmarks.run
 --guest-halt-poll NS`` sets it for one run and puts the old values back after, so the report
 can show the same code on the same machine both ways; every report says what the machine had.
@@ -59,7 +59,7 @@ def read(driver: Path = DRIVER, parameters: Path = PARAMETERS) -> HaltPoll:
     name = _text(driver)
     ns = _text(parameters / _NS)
     shrink = _text(parameters / _SHRINK)
-    return HaltPoll(driver=name or None,
+    return HaltPoll(driver=None if name in (None, "", "none") else name,
                     poll_ns=int(ns) if ns is not None and ns.isdigit() else None,
                     shrinks=None if shrink is None else shrink == "Y")
 

@@ -348,7 +348,7 @@ async def _run(args: argparse.Namespace, code: str,
     context.environment = [("code", code),
                            *await harness.environment(bench.pg_admin, bench.redis_url),
                            ("idle CPUs (the machine's own setting)",
-                            halt_poll.describe(before or halt_poll.read()))]
+                            halt_poll.describe(halt_poll.read() if before is None else before))]
     context.settings = [
         ("cards", f"{args.cards:,} (one funded account each)" if args.cards_per_account == 1
          else f"{args.cards:,}, {args.cards_per_account} of one currency to a funded account"),

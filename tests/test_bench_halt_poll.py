@@ -44,6 +44,9 @@ def test_read_and_describe(tmp_path: Path) -> None:
     assert halt_poll.describe(HaltPoll("intel_idle")) == (
         "cpuidle driver intel_idle (no guest halt polling)")
     assert halt_poll.describe(HaltPoll(None)).startswith("no cpuidle driver")
+    # the kernel's word for no driver
+    driver.write_text("none\n")
+    assert halt_poll.read(driver, parameters).driver is None
     # no haltpoll module at all: nothing to read, nothing invented
     assert halt_poll.read(tmp_path / "nothing", tmp_path / "nowhere") == HaltPoll(None)
 
