@@ -1,6 +1,8 @@
 """What PostgreSQL did during a run, from its cumulative statistics: the commits of the benchmark
 database, the commits of every *other* database (a shared server's other work, which competes
-for the same WAL and fsyncs), and the WAL written by the whole cluster."""
+for the same WAL and fsyncs), the WAL written by the whole cluster, and the checkpointer's work
+(a checkpoint's writes, and its closing fsyncs, share the disk with every commit's WAL flush: a
+run they fall in is not a run like the others)."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ class PgSample:
     other_commits: dict[str, int]  # every other database (they come and go: compare by name)
     wal_bytes: int  # the cluster
     wal_fpi: int  # full-page images in the WAL (the cluster)
+    checkpoint_buffers: int = 0  # buffers a checkpoint wrote (pg_stat_bgwriter)
+    checkpoint_sync_ms: float = 0.0  # time checkpoints spent in their closing fsyncs
 
 
 async def pg_sample(admin_url: str, db_name: str) -> PgSample | None:
@@ -32,18 +36,23 @@ async def pg_sample(admin_url: str, db_name: str) -> PgSample | None:
         commits = {r["datname"]: r["xact_commit"] for r in await conn.fetch(
             "SELECT datname, xact_commit FROM pg_stat_database WHERE datname IS NOT NULL")}
         wal = await conn.fetchrow("SELECT wal_bytes::bigint AS bytes, wal_fpi FROM pg_stat_wal")
+        checkpoints = await conn.fetchrow(
+            "SELECT buffers_checkpoint, checkpoint_sync_time FROM pg_stat_bgwriter")
     except asyncpg.PostgresError:  # pg_stat_wal is PostgreSQL 14+
         return None
     finally:
         await conn.close()
-    if wal is None or db_name not in commits:
+    if wal is None or checkpoints is None or db_name not in commits:
         return None
     ours = commits.pop(db_name)
-    return PgSample(time.monotonic(), ours, commits, wal["bytes"], wal["wal_fpi"])
+    return PgSample(time.monotonic(), ours, commits, wal["bytes"], wal["wal_fpi"],
+                    int(checkpoints["buffers_checkpoint"]),
+                    float(checkpoints["checkpoint_sync_time"]))
 
 
 def pg_delta(before: PgSample | None, after: PgSample | None) -> dict[str, float]:
-    """Per second and per commit of the benchmark database, between two samples."""
+    """Per second and per commit of the benchmark database, between two samples; the
+    checkpointer's work as totals over the run."""
     if before is None or after is None or after.commits <= before.commits:
         return {}
     seconds = after.at - before.at
@@ -55,4 +64,6 @@ def pg_delta(before: PgSample | None, after: PgSample | None) -> dict[str, float
         "other_commits_per_s": others / seconds,
         "wal_bytes_per_commit": (after.wal_bytes - before.wal_bytes) / ours,
         "wal_fpi_per_commit": (after.wal_fpi - before.wal_fpi) / ours,
+        "checkpoint_buffers": after.checkpoint_buffers - before.checkpoint_buffers,
+        "checkpoint_sync_ms": after.checkpoint_sync_ms - before.checkpoint_sync_ms,
     }

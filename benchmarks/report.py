@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from benchmarks.loadgen import Result
@@ -180,6 +180,7 @@ def _rounds(measured: Sequence[Measured]) -> list[str]:
             flags.append("ran out of pre-built requests")
         if r.errors or non_200:
             flags.append(f"{r.errors} errors, {non_200} non-200")
+        flags.extend(_checkpoint(m.pg))
         rows.append([
             m.phase, m.target, str(m.round), _num(r.throughput), _num(lat.p50, 2),
             _num(lat.p99, 2), _num(lat.p999, 2), _num(svc.p99, 2),
@@ -192,6 +193,16 @@ def _rounds(measured: Sequence[Measured]) -> list[str]:
                    "service p99 ms", "send lag p99 ms", "max queue", "WAL KiB/commit",
                    "authorisations per ledger call", "other DBs' commits/s", "problems"],
                   rows, "lllrrrrrrrrrrl")
+
+
+def _checkpoint(pg: Mapping[str, float]) -> list[str]:
+    """A checkpoint's work during a run, for its problems column."""
+    flags = []
+    if pg.get("checkpoint_buffers", 0) > 0:
+        flags.append(f"a checkpoint wrote {pg['checkpoint_buffers']:,.0f} buffers")
+    if pg.get("checkpoint_sync_ms", 0) > 0:
+        flags.append(f"a checkpoint's fsyncs took {pg['checkpoint_sync_ms']:,.0f} ms")
+    return flags
 
 
 def _stages(measured: Sequence[Measured]) -> list[str]:
