@@ -1,9 +1,9 @@
 """Guest halt polling: whether this virtual machine's idle CPUs poll a while before they halt.
 
 A virtual CPU with nothing to run halts, which hands its physical core back to the host; the
-next wake-up (a packet, a timer, another CPU's IPI) then pays for the exit and for caches the
-host gave to someone else meanwhile. On the benchmark's VMs this is what makes a request cost
-two to three times its CPU at 1,000/s (benchmarks/README.md, "Session 14"). Linux's
+next wake-up (a packet, a timer, another CPU's IPI) then goes through the hypervisor, to a CPU
+whose caches the host may have given to someone else meanwhile. Below saturation most hops of a
+request are such wake-ups (benchmarks/README.md, "Session 14" and "Session 19"). Linux's
 ``cpuidle-haltpoll`` driver lets an idle guest CPU poll for up to ``guest_halt_poll_ns`` before
 it halts (Documentation/virt/guest-halt-polling.rst); a wake-up inside that window lands on a
 CPU that never left. The window adapts per CPU between 0 and that maximum, shrinking whenever a

@@ -36,18 +36,29 @@ async def pg_sample(admin_url: str, db_name: str) -> PgSample | None:
         commits = {r["datname"]: r["xact_commit"] for r in await conn.fetch(
             "SELECT datname, xact_commit FROM pg_stat_database WHERE datname IS NOT NULL")}
         wal = await conn.fetchrow("SELECT wal_bytes::bigint AS bytes, wal_fpi FROM pg_stat_wal")
-        checkpoints = await conn.fetchrow(
-            "SELECT buffers_checkpoint, checkpoint_sync_time FROM pg_stat_bgwriter")
+        checkpoints = await _checkpointer(conn)
     except asyncpg.PostgresError:  # pg_stat_wal is PostgreSQL 14+
         return None
     finally:
         await conn.close()
-    if wal is None or checkpoints is None or db_name not in commits:
+    if wal is None or db_name not in commits:
         return None
     ours = commits.pop(db_name)
-    return PgSample(time.monotonic(), ours, commits, wal["bytes"], wal["wal_fpi"],
-                    int(checkpoints["buffers_checkpoint"]),
-                    float(checkpoints["checkpoint_sync_time"]))
+    return PgSample(time.monotonic(), ours, commits, wal["bytes"], wal["wal_fpi"], *checkpoints)
+
+
+async def _checkpointer(conn: asyncpg.Connection) -> tuple[int, float]:
+    """Buffers checkpoints wrote and ms they spent in fsyncs, so far: PostgreSQL 17 moved them
+    from ``pg_stat_bgwriter`` to ``pg_stat_checkpointer``; (0, 0.0) where neither says."""
+    for sql in ("SELECT buffers_written AS b, sync_time AS s FROM pg_stat_checkpointer",
+                "SELECT buffers_checkpoint AS b, checkpoint_sync_time AS s FROM pg_stat_bgwriter"):
+        try:
+            row = await conn.fetchrow(sql)
+        except asyncpg.PostgresError:
+            continue
+        if row is not None:
+            return int(row["b"]), float(row["s"])
+    return 0, 0.0
 
 
 def pg_delta(before: PgSample | None, after: PgSample | None) -> dict[str, float]:
