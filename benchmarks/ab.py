@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from benchmarks import dataset, harness, traffic
+from benchmarks import dataset, halt_poll, harness, traffic
 from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
 from benchmarks.harness import Latency, LoadRun
 from benchmarks.loadgen import Result, Spec
@@ -122,7 +123,10 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
                 if args.client_realtime else " The load generator in the normal class.")
              + ("" if args.cards_per_account == 1 else
                 f" {args.cards:,} cards, {args.cards_per_account} of one currency to an "
-                "account."), ""]
+                "account.")
+             + f" Idle CPUs: {halt_poll.describe(halt_poll.read())}"
+             + (" (--guest-halt-poll; the machine's own setting put back after)."
+                if args.guest_halt_poll is not None else "."), ""]
     rows = []
     for i, (ra, rb) in enumerate(zip(a.open_runs, b.open_runs, strict=True), 1):
         la, lb = Latency.of(ra.latencies_us), Latency.of(rb.latencies_us)
@@ -244,6 +248,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis", default=os.environ.get(
         "HOLDFAST_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--guest-halt-poll", type=int, default=None, metavar="NS",
+                        help="idle CPUs poll up to NS before they halt, never shrinking, for "
+                             "this run (as benchmarks.run; needs root and Linux's "
+                             "cpuidle-haltpoll driver)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the report only (default: also results/<date>-ab.md)")
     args = parser.parse_args(argv)
@@ -256,7 +264,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(args.tree), args.other],
                    cwd=_ROOT, check=True, capture_output=True)
     try:
-        return harness.run_and_report(_main, args, "-ab")
+        with (contextlib.nullcontext() if args.guest_halt_poll is None
+              else halt_poll.polling(args.guest_halt_poll)):
+            return harness.run_and_report(_main, args, "-ab")
+    except halt_poll.HaltPollError as exc:
+        print(f"benchmarks.ab: {exc}", file=sys.stderr)
+        return 2
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(args.tree)], cwd=_ROOT,
                        check=False, capture_output=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from benchmarks import halt_poll
 from benchmarks.ab import _report, _Side
 from benchmarks.loadgen import Result
 
@@ -26,7 +27,7 @@ def _side(label: str, runs: list[list[float]], steal_s: list[float | None]) -> _
 def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won() -> None:
     args = argparse.Namespace(rate=1000.0, arrivals="poisson", connections=64, rounds=2,
                               seconds=1.0, other="abc1234", concurrency=0, cards=10_000,
-                              cards_per_account=1, client_realtime=10)
+                              cards_per_account=1, client_realtime=10, guest_halt_poll=None)
     # 100 samples a run: p99 is the 99th value; A's is lower in round 1, higher in round 2
     # steal over 2 core-seconds: A's second round 0.5 s (25 %), B's first unknown
     a = _side("A", [[1.0] * 98 + [5.0, 9.0], [2.0] * 98 + [8.0, 8.0]], [0.0, 0.5])
@@ -38,3 +39,8 @@ def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won()
     assert "| p50, median of rounds | 1.50 | 2.00 | 0.75 |" in text
     assert "| p99, median of rounds | 6.50 | 6.50 | 1.00 |" in text
     assert "| rounds with the lower p99 | 1 | 1 |  |" in text
+    # the machine's idle setting, as halt_poll reads it here; a run that set its own says so
+    assert f"Idle CPUs: {halt_poll.describe(halt_poll.read())}." in text
+    args.guest_halt_poll = 2_000_000
+    assert "(--guest-halt-poll; the machine's own setting put back after)." in _report(
+        args, a, b, "def5678")
