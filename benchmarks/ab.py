@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import datetime as dt
 import os
@@ -248,10 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "HOLDFAST_BENCH_PG", "postgresql://root@127.0.0.1:5432/postgres"))
     parser.add_argument("--redis", default=os.environ.get(
         "HOLDFAST_REDIS_URL", "redis://127.0.0.1:6379/0"))
-    parser.add_argument("--guest-halt-poll", type=int, default=None, metavar="NS",
-                        help="idle CPUs poll up to NS before they halt, never shrinking, for "
-                             "this run (as benchmarks.run; needs root and Linux's "
-                             "cpuidle-haltpoll driver)")
+    halt_poll.add_option(parser)
     parser.add_argument("--no-write", action="store_true",
                         help="print the report only (default: also results/<date>-ab.md)")
     args = parser.parse_args(argv)
@@ -264,8 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subprocess.run(["git", "worktree", "add", "--detach", str(args.tree), args.other],
                    cwd=_ROOT, check=True, capture_output=True)
     try:
-        with (contextlib.nullcontext() if args.guest_halt_poll is None
-              else halt_poll.polling(args.guest_halt_poll)):
+        with halt_poll.for_run(args.guest_halt_poll):
             return harness.run_and_report(_main, args, "-ab")
     except halt_poll.HaltPollError as exc:
         print(f"benchmarks.ab: {exc}", file=sys.stderr)

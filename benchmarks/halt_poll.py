@@ -19,13 +19,15 @@ can show the same code on the same machine both ways; every report says what the
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-__all__ = ["DRIVER", "PARAMETERS", "HaltPoll", "HaltPollError", "describe", "polling", "read"]
+__all__ = ["DRIVER", "PARAMETERS", "HaltPoll", "HaltPollError", "add_option", "describe",
+           "for_run", "polling", "read"]
 
 DRIVER: Final = Path("/sys/devices/system/cpu/cpuidle/current_driver")
 PARAMETERS: Final = Path("/sys/module/haltpoll/parameters")
@@ -99,3 +101,27 @@ def polling(ns: int, *, driver: Path = DRIVER,
     finally:
         (parameters / _NS).write_text(str(before.poll_ns))
         (parameters / _SHRINK).write_text("Y" if before.shrinks else "N")
+
+
+def _window(text: str) -> int:
+    try:
+        ns = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("a whole number of ns") from None
+    if ns < 0:
+        raise argparse.ArgumentTypeError("0 ns or more")
+    return ns
+
+
+def add_option(parser: argparse.ArgumentParser) -> None:
+    """``--guest-halt-poll NS``, as the benchmarks that take it spell it."""
+    parser.add_argument("--guest-halt-poll", type=_window, default=None, metavar="NS",
+                        help="on a VM with Linux's cpuidle-haltpoll driver, let idle CPUs poll "
+                             "up to NS before they halt, never shrinking, for this run (needs "
+                             "root; the old values are put back after; benchmarks/halt_poll.py)."
+                             " Default: the machine as it is")
+
+
+def for_run(ns: int | None) -> contextlib.AbstractContextManager[HaltPoll | None]:
+    """``polling(ns)`` for a run that asked for it; otherwise nothing, yielding None."""
+    return contextlib.nullcontext() if ns is None else polling(ns)

@@ -107,11 +107,7 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--raw-writes", choices=("insert", "ledger"), default="insert",
                    help="what the raw stack writes: one small row (default), or an approval's "
                         "rows in Holdfast's own tables without its logic (benchmarks/raw_stack.py)")
-    p.add_argument("--guest-halt-poll", type=int, default=None, metavar="NS",
-                   help="on a VM with Linux's cpuidle-haltpoll driver, let idle CPUs poll up "
-                        "to NS before they halt, never shrinking, for this run (needs root; the "
-                        "old values are put back after; benchmarks/halt_poll.py). Default: the "
-                        "machine as it is")
+    halt_poll.add_option(p)
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1,000 cards and short phases (figures not comparable)")
     p.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/")
@@ -123,8 +119,6 @@ def _options(argv: Sequence[str] | None) -> argparse.Namespace:
         name, sep, _ = item.partition("=")
         if not sep or not name.startswith("HOLDFAST_"):
             p.error(f"--server-env wants HOLDFAST_NAME=VALUE, got {item!r}")
-    if args.guest_halt_poll is not None and args.guest_halt_poll < 0:
-        p.error("--guest-halt-poll wants 0 ns or more")
     if args.quick:
         args.cards, args.warmup, args.sat_seconds, args.sat_rounds = 1_000, 1.0, 2.0, 1
         args.open_seconds, args.open_rounds, args.high_rate = 3.0, 1, 0.0
@@ -328,10 +322,8 @@ async def _measure(bench: _Bench, servers: dict[str, ServerProcess], args: argpa
 
 
 async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
-    if args.guest_halt_poll is None:
-        return await _run(args, code, None)
     # set before anything is measured (the idle cost and wake-up lines too), put back after
-    with halt_poll.polling(args.guest_halt_poll) as before:
+    with halt_poll.for_run(args.guest_halt_poll) as before:
         return await _run(args, code, before)
 
 

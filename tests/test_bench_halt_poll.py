@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import halt_poll, run
+from benchmarks import ab, halt_poll, run
 from benchmarks.halt_poll import HaltPoll, HaltPollError
 
 
@@ -109,8 +109,19 @@ def test_polling_says_why_when_it_cannot_write(tmp_path: Path) -> None:
     assert _values(parameters)[0] == "0"
 
 
-def test_run_option() -> None:
+def test_the_option() -> None:
     assert run._options(["--guest-halt-poll", "2000000"]).guest_halt_poll == 2_000_000
     assert run._options([]).guest_halt_poll is None
-    with pytest.raises(SystemExit):
-        run._options(["--guest-halt-poll", "-5"])
+    for bad in ("-5", "2e6", "fast"):
+        with pytest.raises(SystemExit):
+            run._options(["--guest-halt-poll", bad])
+        # refused while parsing, before ab makes its worktree
+        with pytest.raises(SystemExit):
+            ab.main(["--against", "HEAD", "--guest-halt-poll", bad])
+
+
+def test_for_run() -> None:
+    with halt_poll.for_run(None) as before:
+        assert before is None
+    with pytest.raises(HaltPollError, match="0 ns or more"), halt_poll.for_run(-1):
+        pytest.fail("the block ran")
