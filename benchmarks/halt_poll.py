@@ -12,9 +12,10 @@ halt outlasted the maximum unless ``guest_halt_poll_allow_shrink`` is off.
 The polling is counted as idle by the guest (``/proc/stat``) but the host sees a busy virtual
 CPU: it costs the host the cores the guest would have given back, which is why a platform may
 turn it off (the benchmark's VMs boot with ``haltpoll.guest_halt_poll_ns=0``). It is the host
-operator's setting, not Holdfast's: the server never touches it. ``benchmarks.run
---guest-halt-poll NS`` sets it for one run and puts the old values back after, so the report
-can show the same code on the same machine both ways; every report says what the machine had.
+operator's setting, not Holdfast's: the server never touches it. ``--guest-halt-poll NS``
+(``benchmarks.run`` and ``benchmarks.ab``) sets it for one run and puts the old values back
+after, so the same code can be measured on the same machine both ways; every report says what
+the machine had.
 """
 
 from __future__ import annotations
