@@ -5,7 +5,7 @@ PIP     := .venv/bin/pip
 STAMP   := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 ENVFILE := .holdfast/env
 
-.PHONY: run test check bench bench-sweep bench-scale bench-profile install services clean
+.PHONY: run test check bench bench-sweep bench-scale bench-profile image-check install services clean
 
 $(PY):
 	python3 -m venv .venv
@@ -56,6 +56,11 @@ bench-scale: install
 # py-spy on the server at saturation, summarised as text (needs: .venv/bin/pip install py-spy)
 bench-profile: install
 	$(PY) -m benchmarks.profile $(BENCH_ARGS)
+
+# build the Docker image and prove it serves, against this host's PostgreSQL and Redis (needs a
+# running Docker daemon; not part of `make test`)
+image-check:
+	deploy/image-check.sh
 
 clean:
 	rm -rf .venv .holdfast .pytest_cache .mypy_cache .ruff_cache
