@@ -37,6 +37,7 @@ from benchmarks import dataset, halt_poll, harness, traffic
 from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
 from benchmarks.harness import Latency, LoadRun
 from benchmarks.loadgen import Result, Spec
+from benchmarks.report import slowest_by_fifth
 from benchmarks.servers import ServerProcess, free_port, start_server
 
 __all__ = ["main"]
@@ -131,11 +132,14 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
         la, lb = Latency.of(ra.latencies_us), Latency.of(rb.latencies_us)
         rows.append([str(i), f"{la.p50:.2f}", f"{lb.p50:.2f}", f"{la.p99:.2f}", f"{lb.p99:.2f}",
                      f"{la.p99 / lb.p99:.2f}", f"{_steal(ra)} / {_steal(rb)}",
+                     f"{slowest_by_fifth(ra)} / {slowest_by_fifth(rb)}",
                      f"{ra.errors + rb.errors}"])
     # steal: the share of all cores the hypervisor gave other guests during each side's run; a
-    # round where it is high measured the host, not the code
+    # round where it is high measured the host, not the code. The slowest 1 % by fifth: where
+    # in the run its tail came (report.slowest_by_fifth)
     lines += harness.table(["round", "A p50", "B p50", "A p99", "B p99", "A / B p99",
-                            "steal A / B", "errors"], rows, "rrrrrrrr")
+                            "steal A / B", "slowest 1 % by fifth of the run, % (A / B)",
+                            "errors"], rows, "rrrrrrrlr")
     per_a = [Latency.of(r.latencies_us) for r in a.open_runs]
     per_b = [Latency.of(r.latencies_us) for r in b.open_runs]
     wins = sum(1 for x, y in zip(per_a, per_b, strict=True) if x.p99 < y.p99)
@@ -198,7 +202,7 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                     if emulate:
                         await dataset.vacuum_analyze(s.url)
                     await asyncio.sleep(_PAUSE_S)
-                    kw: dict[str, object] = ({} if mode == "open" else
+                    kw: dict[str, object] = ({"keep_due": True} if mode == "open" else
                                              {"mode": "closed", "connections": args.concurrency})
                     result = await LoadRun(_spec(args, s, f"{mode}{r}", 1_000 + r, secret,
                                                  run_id, **kw), tmp).run()

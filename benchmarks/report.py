@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from benchmarks.loadgen import Result
 
-__all__ = ["Measured", "Targets", "percentile", "render", "saturation_phase"]
+__all__ = ["Measured", "Targets", "percentile", "render", "saturation_phase", "slowest_by_fifth"]
 
 HOLDFAST = "holdfast"
 RAW = "raw"
@@ -73,6 +73,22 @@ class _Latency:
         ordered = sorted(samples_us)
         ms = [percentile(ordered, p) / 1000 for p in (50, 99, 99.9, 100)]
         return cls(ms[0], ms[1], ms[2], ms[3], len(ordered))
+
+
+def slowest_by_fifth(result: Result) -> str:
+    """Where in an open-loop run's measured window its slowest 1 % of answers were due: the
+    percentage in each fifth, first to last ("40/15/15/15/15": the tail came early, as from
+    something that settles; even shares: spread over the run). "-" without due times
+    (``Spec.keep_due``)."""
+    n = len(result.latencies_us) // 100
+    if n == 0 or len(result.due_ms) != len(result.latencies_us) or result.duration_s <= 0:
+        return "-"
+    slowest = sorted(range(len(result.latencies_us)), key=result.latencies_us.__getitem__)[-n:]
+    fifth_ms = result.duration_s * 1000 / 5
+    counts = [0] * 5
+    for i in slowest:
+        counts[min(4, max(0, int(result.due_ms[i] // fifth_ms)))] += 1
+    return "/".join(f"{100 * c / n:.0f}" for c in counts)
 
 
 def _runs(measured: Sequence[Measured], phase: str, target: str) -> list[Result]:
@@ -187,12 +203,14 @@ def _rounds(measured: Sequence[Measured]) -> list[str]:
             "-" if lag is None else _num(lag.p99, 2), str(r.max_backlog),
             _num(m.pg.get("wal_bytes_per_commit", math.nan) / 1024, 1),
             _num(m.stages["batch"], 1) if "batch" in m.stages else "-",
-            _num(m.pg.get("other_commits_per_s", math.nan)), "; ".join(flags) or "-",
+            _num(m.pg.get("other_commits_per_s", math.nan)), slowest_by_fifth(r),
+            "; ".join(flags) or "-",
         ])
     return _table(["phase", "server", "round", "req/s", "p50 ms", "p99 ms", "p99.9 ms",
                    "service p99 ms", "send lag p99 ms", "max queue", "WAL KiB/commit",
-                   "authorisations per ledger call", "other DBs' commits/s", "problems"],
-                  rows, "lllrrrrrrrrrrl")
+                   "authorisations per ledger call", "other DBs' commits/s",
+                   "slowest 1 % by fifth of the run, %", "problems"],
+                  rows, "lllrrrrrrrrrrll")
 
 
 def _checkpoint(pg: Mapping[str, float]) -> list[str]:

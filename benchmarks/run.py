@@ -268,7 +268,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, int, dict[str, object]]]:
         for r in range(1, rounds + 1 if rate > 0 else 1):
             plan.append((f"open:{rate:g}", r, {
                 "mode": "open", "rate": rate, "duration_s": args.open_seconds,
-                "connections": args.connections,
+                "connections": args.connections, "keep_due": True,  # the tail's place in time
             }))
     return plan
 

@@ -34,8 +34,8 @@ def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won()
     b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]], [None, 0.02])
     text = _report(args, a, b, "def5678")
     assert "A = this tree (def5678, schema through 0017); B = abc1234" in text
-    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0% / - | 0 |" in text
-    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 25% / 1% | 0 |" in text
+    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0% / - | - / - | 0 |" in text
+    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 25% / 1% | - / - | 0 |" in text
     assert "| p50, median of rounds | 1.50 | 2.00 | 0.75 |" in text
     assert "| p99, median of rounds | 6.50 | 6.50 | 1.00 |" in text
     assert "| rounds with the lower p99 | 1 | 1 |  |" in text
@@ -44,3 +44,17 @@ def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won()
     args.guest_halt_poll = 2_000_000
     assert "(--guest-halt-poll; the machine's own setting put back after)." in _report(
         args, a, b, "def5678")
+
+
+def test_a_round_with_due_times_says_where_its_slowest_requests_came() -> None:
+    args = argparse.Namespace(rate=1000.0, arrivals="poisson", connections=64, rounds=1,
+                              seconds=1.0, other="abc1234", concurrency=0, cards=10_000,
+                              cards_per_account=1, client_realtime=10, guest_halt_poll=None)
+    # 200 answers a run, so its slowest 1 % is two: A's were due in the first fifth of its
+    # 1-s window, B's in the last two fifths
+    a = _side("A", [[1.0] * 198 + [5.0, 9.0]], [0.0])
+    b = _side("B (abc1234)", [[1.5] * 198 + [7.0, 7.0]], [0.0])
+    a.open_runs[0].due_ms = [500.0] * 198 + [10.0, 150.0]
+    b.open_runs[0].due_ms = [100.0] * 198 + [700.0, 950.0]
+    text = _report(args, a, b, "def5678")
+    assert "| 100/0/0/0/0 / 0/0/0/50/50 |" in text
