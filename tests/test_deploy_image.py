@@ -49,18 +49,23 @@ def _stages() -> list[list[tuple[str, str]]]:
     return stages
 
 
+def _matches(parts: list[str], pattern: list[str]) -> bool:
+    """Docker's matching of a path against a pattern, segment by segment: ``*`` and ``?`` stay
+    within one segment, a ``**`` segment takes any number of them."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_matches(parts[i:], pattern[1:]) for i in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _matches(
+        parts[1:], pattern[1:])
+
+
 def _ignored(relative: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps ``relative`` out: a pattern names a path from the context's
+    root, and a directory it names takes everything under it."""
     parts = relative.split("/")
-    for pattern in patterns:
-        bare = pattern.removeprefix("**/")
-        # a pattern names a path from the context's root, or (with **/) a name at any depth;
-        # a directory it names takes everything under it
-        for i in range(len(parts)):
-            if fnmatch.fnmatch("/".join(parts[: i + 1]), pattern) or (
-                pattern.startswith("**/") and fnmatch.fnmatch(parts[i], bare)
-            ):
-                return True
-    return False
+    return any(_matches(parts[: i + 1], pattern.strip("/").split("/"))
+               for pattern in patterns for i in range(len(parts)))
 
 
 def _dockerignore() -> list[str]:
@@ -179,3 +184,7 @@ def test_dockerignore_patterns_are_read_as_docker_reads_them() -> None:
     assert _ignored("tests/test_units.py", ignore)
     assert not _ignored("authz/app.py", ignore)
     assert not _ignored("holds/migrations/0001_ledger.sql", ignore)
+    # a pattern without ** names a path from the root only, and * stays within one segment
+    assert _ignored("build/lib/x.py", ["build"]) and not _ignored("authz/build/x.py", ["build"])
+    assert not _ignored("authz/x.egg-info/PKG-INFO", ["*.egg-info"])
+    assert _ignored("a/b/c/__pycache__/m.pyc", ["**/__pycache__"])
