@@ -17,6 +17,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 from typing import Final
@@ -24,7 +25,10 @@ from typing import Final
 import pytest
 
 ROOT: Final = Path(__file__).resolve().parents[1]
-PACKAGES: Final = ("authz", "holds", "policies", "clearing")  # pyproject's packages.find
+# the packages the wheel takes, as pyproject.toml's packages.find names them ("authz*" ...)
+PACKAGES: Final = tuple(
+    pattern.rstrip("*") for pattern in tomllib.loads((ROOT / "pyproject.toml").read_text())
+    ["tool"]["setuptools"]["packages"]["find"]["include"])
 SHIPPED: Final = (".py", ".sql", ".lua")
 
 
@@ -154,6 +158,7 @@ def test_the_build_context_and_copy_lines_leave_nothing_out(tmp_path: Path) -> N
         entry_points = next(built.read(n).decode() for n in built.namelist()
                             if n.endswith(".dist-info/entry_points.txt"))
     tracked = _tracked_package_files()
+    assert {"authz", "holds", "policies"} <= set(PACKAGES)  # the parse found them
     assert {"holds/migrations/0001_ledger.sql", "policies/velocity.lua"} <= tracked
     assert tracked - in_wheel == set(), "tracked files the image would not have"
     assert "holdfast = authz.cli:main" in entry_points
