@@ -35,9 +35,10 @@ from typing import Final
 
 from benchmarks import dataset, halt_poll, harness, traffic
 from benchmarks.alarm import CLIENT_PRIORITY, realtime_allowed
+from benchmarks.diskwatch import BurstShare, DiskWatch, burst_share
 from benchmarks.harness import Latency, LoadRun
 from benchmarks.loadgen import Result, Spec
-from benchmarks.report import slowest_by_fifth
+from benchmarks.report import slowest_by_fifth, slowest_due_ms
 from benchmarks.servers import ServerProcess, free_port, start_server
 
 __all__ = ["main"]
@@ -58,6 +59,8 @@ class _Side:
     schema: str = ""  # the last migration its own code applied
     open_runs: list[Result] = field(default_factory=list)
     closed_runs: list[Result] = field(default_factory=list)
+    # per open run: its slowest 1 % near the disks' write bursts (diskwatch), None if unknown
+    near_bursts: list[BurstShare | None] = field(default_factory=list)
 
 
 def _commit(ref: str) -> str:
@@ -108,6 +111,11 @@ def _steal(run: Result) -> str:
     return f"{run.cpu_s.get('steal', 0.0) / capacity:.0%}" if capacity > 0 else "-"
 
 
+def _near(side: _Side, round_: int) -> str:
+    share = side.near_bursts[round_ - 1] if round_ <= len(side.near_bursts) else None
+    return "-" if share is None else str(share)
+
+
 def _lat(results: Sequence[Result]) -> Latency:
     return Latency.of([x for r in results for x in r.latencies_us])
 
@@ -133,13 +141,16 @@ def _report(args: argparse.Namespace, a: _Side, b: _Side, code: str) -> str:
         rows.append([str(i), f"{la.p50:.2f}", f"{lb.p50:.2f}", f"{la.p99:.2f}", f"{lb.p99:.2f}",
                      f"{la.p99 / lb.p99:.2f}", f"{_steal(ra)} / {_steal(rb)}",
                      f"{slowest_by_fifth(ra)} / {slowest_by_fifth(rb)}",
-                     f"{ra.errors + rb.errors}"])
+                     f"{_near(a, i)} / {_near(b, i)}", f"{ra.errors + rb.errors}"])
     # steal: the share of all cores the hypervisor gave other guests during each side's run; a
     # round where it is high measured the host, not the code. The slowest 1 % by fifth: where
-    # in the run its tail came (report.slowest_by_fifth)
+    # in the run its tail came (report.slowest_by_fifth); near the disks' write bursts: how much
+    # of it came when the kernel wrote much at once, and (in brackets) how much of the time
+    # that was (diskwatch.burst_share)
     lines += harness.table(["round", "A p50", "B p50", "A p99", "B p99", "A / B p99",
                             "steal A / B", "slowest 1 % by fifth of the run, % (A / B)",
-                            "errors"], rows, "rrrrrrrlr")
+                            "slowest 1 % near a disk write burst (share of time) A / B",
+                            "errors"], rows, "rrrrrrrllr")
     per_a = [Latency.of(r.latencies_us) for r in a.open_runs]
     per_b = [Latency.of(r.latencies_us) for r in b.open_runs]
     wins = sum(1 for x, y in zip(per_a, per_b, strict=True) if x.p99 < y.p99)
@@ -204,12 +215,21 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                     await asyncio.sleep(_PAUSE_S)
                     kw: dict[str, object] = ({"keep_due": True} if mode == "open" else
                                              {"mode": "closed", "connections": args.concurrency})
-                    result = await LoadRun(_spec(args, s, f"{mode}{r}", 1_000 + r, secret,
-                                                 run_id, **kw), tmp).run()
+                    disks = DiskWatch()
+                    disks.start()
+                    try:
+                        result = await LoadRun(_spec(args, s, f"{mode}{r}", 1_000 + r, secret,
+                                                     run_id, **kw), tmp).run()
+                    finally:
+                        samples = disks.stop()
                     assert s.server is not None
                     if not s.server.alive():
                         raise RuntimeError(f"{s.label} died:\n{s.server.log_tail()}")
                     (s.open_runs if mode == "open" else s.closed_runs).append(result)
+                    if mode == "open":
+                        s.near_bursts.append(burst_share(
+                            samples, result.window_start_unix, result.duration_s,
+                            slowest_due_ms(result)))
                     lat = Latency.of(result.latencies_us)
                     print(f"  round {r + 1} {s.label:<12} {mode:<6} {result.throughput:8,.0f}"
                           f" req/s  p50 {lat.p50:6.2f}  p99 {lat.p99:6.2f} ms", flush=True)

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 from benchmarks.loadgen import Result
 
-__all__ = ["Measured", "Targets", "percentile", "render", "saturation_phase", "slowest_by_fifth"]
+__all__ = ["Measured", "Targets", "percentile", "render", "saturation_phase", "slowest_by_fifth",
+           "slowest_due_ms"]
 
 HOLDFAST = "holdfast"
 RAW = "raw"
@@ -75,20 +76,29 @@ class _Latency:
         return cls(ms[0], ms[1], ms[2], ms[3], len(ordered))
 
 
+def slowest_due_ms(result: Result) -> list[float]:
+    """The due times (ms into the measured window) of an open-loop run's slowest 1 % of
+    answers; empty without due times (``Spec.keep_due``) or with fewer than 100 answers."""
+    n = len(result.latencies_us) // 100
+    if n == 0 or len(result.due_ms) != len(result.latencies_us):
+        return []
+    slowest = sorted(range(len(result.latencies_us)), key=result.latencies_us.__getitem__)[-n:]
+    return [result.due_ms[i] for i in slowest]
+
+
 def slowest_by_fifth(result: Result) -> str:
     """Where in an open-loop run's measured window its slowest 1 % of answers were due: the
     percentage in each fifth, first to last ("40/15/15/15/15": the tail came early, as from
     something that settles; even shares: spread over the run). "-" without due times
     (``Spec.keep_due``)."""
-    n = len(result.latencies_us) // 100
-    if n == 0 or len(result.due_ms) != len(result.latencies_us) or result.duration_s <= 0:
+    due = slowest_due_ms(result)
+    if not due or result.duration_s <= 0:
         return "-"
-    slowest = sorted(range(len(result.latencies_us)), key=result.latencies_us.__getitem__)[-n:]
     fifth_ms = result.duration_s * 1000 / 5
     counts = [0] * 5
-    for i in slowest:
-        counts[min(4, max(0, int(result.due_ms[i] // fifth_ms)))] += 1
-    return "/".join(f"{100 * c / n:.0f}" for c in counts)
+    for d in due:
+        counts[min(4, max(0, int(d // fifth_ms)))] += 1
+    return "/".join(f"{100 * c / len(due):.0f}" for c in counts)
 
 
 def _runs(measured: Sequence[Measured], phase: str, target: str) -> list[Result]:

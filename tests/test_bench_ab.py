@@ -34,8 +34,8 @@ def test_the_report_sets_each_round_beside_the_other_and_counts_the_rounds_won()
     b = _side("B (abc1234)", [[1.5] * 98 + [7.0, 7.0], [2.5] * 98 + [6.0, 6.0]], [None, 0.02])
     text = _report(args, a, b, "def5678")
     assert "A = this tree (def5678, schema through 0017); B = abc1234" in text
-    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0% / - | - / - | 0 |" in text
-    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 25% / 1% | - / - | 0 |" in text
+    assert "| 1 | 1.00 | 1.50 | 5.00 | 7.00 | 0.71 | 0% / - | - / - | - / - | 0 |" in text
+    assert "| 2 | 2.00 | 2.50 | 8.00 | 6.00 | 1.33 | 25% / 1% | - / - | - / - | 0 |" in text
     assert "| p50, median of rounds | 1.50 | 2.00 | 0.75 |" in text
     assert "| p99, median of rounds | 6.50 | 6.50 | 1.00 |" in text
     assert "| rounds with the lower p99 | 1 | 1 |  |" in text
