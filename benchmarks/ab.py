@@ -216,7 +216,8 @@ async def _main(args: argparse.Namespace, code: str) -> tuple[str, bool]:
                     kw: dict[str, object] = ({"keep_due": True} if mode == "open" else
                                              {"mode": "closed", "connections": args.concurrency})
                     disks = DiskWatch()
-                    disks.start()
+                    if mode == "open":
+                        disks.start()
                     try:
                         result = await LoadRun(_spec(args, s, f"{mode}{r}", 1_000 + r, secret,
                                                      run_id, **kw), tmp).run()
