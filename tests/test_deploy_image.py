@@ -85,7 +85,8 @@ def _replay_build_context(into: Path) -> None:
         if instruction != "COPY":
             continue
         words = shlex.split(args)
-        assert not any(w.startswith("--") for w in words), "the build stage copies from itself"
+        assert not any(w.startswith("--") for w in words), (
+            f"COPY {args}: a flag (--from, --chown, ...) this replay does not follow")
         *sources, dest = words
         for source in sources:
             src = ROOT / source
