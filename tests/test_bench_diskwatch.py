@@ -13,6 +13,16 @@ import pytest
 
 from benchmarks.diskwatch import DiskWatch, _written_bytes, burst_share
 
+_HERE = Path(__file__).parent
+
+
+def _on_a_block_device(directory: Path) -> bool:
+    """Whether the files written in ``directory`` reach a block device (not tmpfs or an overlay,
+    whose device numbers name no entry in /sys/dev/block)."""
+    dev = directory.stat().st_dev
+    return Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}").exists()
+
+
 _LINE = "{major} {minor} {name} 10 0 80 5 {writes} 0 {sectors} 40 0 30 45"
 
 
@@ -50,11 +60,12 @@ def test_without_samples_over_the_window_or_without_requests_there_is_no_share()
     assert quiet is not None and quiet.requests == 0 and quiet.time == 0
 
 
-@pytest.mark.skipif(not Path("/proc/diskstats").exists(), reason="Linux /proc/diskstats")
+@pytest.mark.skipif(not Path("/proc/diskstats").exists() or not _on_a_block_device(_HERE),
+                    reason="needs Linux /proc/diskstats and this checkout on a block device")
 def test_the_watch_samples_while_a_file_is_written_and_synced() -> None:
     watch = DiskWatch(interval_s=0.05)
     watch.start()
-    with tempfile.NamedTemporaryFile(dir=Path(__file__).parent) as f:
+    with tempfile.NamedTemporaryFile(dir=_HERE) as f:
         f.write(os.urandom(4 << 20))
         f.flush()
         os.fsync(f.fileno())
