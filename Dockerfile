@@ -2,12 +2,13 @@
 # slim image that runs as a non-root user. deploy/docker-compose.yml shows it in use.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY authz ./authz
 COPY holds ./holds
 COPY policies ./policies
 COPY clearing ./clearing
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# the dependencies at the versions constraints.txt pins, as `make install` installs them
+RUN pip wheel --no-cache-dir --wheel-dir /wheels --constraint constraints.txt .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1

@@ -2,21 +2,27 @@
 # (ruff + mypy strict), `make bench` (benchmarks; prints figures and ratios).
 PY      := .venv/bin/python
 PIP     := .venv/bin/pip
-STAMP   := .venv/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP   := .venv/.installed-$(shell cat pyproject.toml constraints.txt | cksum | cut -d' ' -f1)
 ENVFILE := .holdfast/env
 
-.PHONY: run test check bench bench-sweep bench-scale bench-profile image-check install services clean
+.PHONY: run test check bench bench-sweep bench-scale bench-profile image-check install lock services clean
 
 $(PY):
 	python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
 
-$(STAMP): $(PY) pyproject.toml
-	$(PIP) install --quiet -e '.[dev]'
+# constraints.txt pins the runtime dependencies (`make lock` moves them): the tests run against
+# the versions the image ships
+$(STAMP): $(PY) pyproject.toml constraints.txt
+	$(PIP) install --quiet --constraint constraints.txt -e '.[dev]'
 	rm -f .venv/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# resolve the runtime dependencies afresh and pin them in constraints.txt (scripts/lock.sh)
+lock:
+	scripts/lock.sh
 
 services: install
 	@scripts/services.sh

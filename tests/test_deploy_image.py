@@ -13,6 +13,7 @@ its command."""
 from __future__ import annotations
 
 import fnmatch
+import re
 import shlex
 import shutil
 import subprocess
@@ -119,6 +120,15 @@ def test_the_image_is_built_in_two_stages_and_installs_only_what_the_first_built
     installs = [args for instruction, args in final if instruction == "RUN" and "pip" in args]
     assert installs and all("--no-index" in args for args in installs)
 
+
+def test_the_image_builds_its_wheels_under_the_pins() -> None:
+    """make install's pins (constraints.txt; tests/test_constraints.py) hold in the image too."""
+    build = _stages()[0]
+    copied = " ".join(args for instruction, args in build if instruction == "COPY").split()
+    assert "constraints.txt" in copied
+    wheels = [args for instruction, args in build if instruction == "RUN" and "pip wheel" in args]
+    assert wheels and all(re.search(r"(--constraint|-c)[ =]constraints\.txt\b", args)
+                          for args in wheels)
 
 def test_the_final_stage_runs_the_server_as_a_user_that_is_not_root() -> None:
     final = _stages()[1]
