@@ -2,7 +2,7 @@
 # slim image that runs as a non-root user. deploy/docker-compose.yml shows it in use.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md constraints.txt ./
+COPY pyproject.toml README.md LICENSE constraints.txt ./
 COPY authz ./authz
 COPY holds ./holds
 COPY policies ./policies

@@ -168,11 +168,16 @@ def test_the_build_context_and_copy_lines_leave_nothing_out(tmp_path: Path) -> N
         in_wheel = {name for name in built.namelist() if name.endswith(SHIPPED)}
         entry_points = next(built.read(n).decode() for n in built.namelist()
                             if n.endswith(".dist-info/entry_points.txt"))
+        licenses = {n.rpartition("/licenses/")[2] for n in built.namelist()
+                    if ".dist-info/licenses/" in n}
     tracked = _tracked_package_files()
     assert {"authz", "holds", "policies"} <= set(PACKAGES)  # the parse found them
     assert {"holds/migrations/0001_ledger.sql", "policies/velocity.lua"} <= tracked
     assert tracked - in_wheel == set(), "tracked files the image would not have"
     assert "holdfast = authz.cli:main" in entry_points
+    # pyproject's license-files: setuptools leaves a file it cannot find out without a word
+    license_files = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license-files"]
+    assert set(license_files) <= licenses, "the image's wheel would carry no licence text"
 
 
 def test_the_replay_notices_a_package_the_copy_lines_miss(tmp_path: Path,
