@@ -1,6 +1,6 @@
 """Locust load for Holdfast over HTTP: a realistic mix of card-network traffic and admin reads.
 
-    .venv/bin/pip install -e '.[load]'           # locust
+    .venv/bin/pip install --constraint constraints.txt -e '.[load]'   # locust, the pins kept
     .venv/bin/locust -f benchmarks/locustfile.py --headless -u 50 -r 10 -t 30s \\
         --host http://127.0.0.1:8080
 
