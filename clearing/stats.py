@@ -39,7 +39,10 @@ SELECT g.currency, g.n, g.total, l.expires_at, l.id, l.rows
               WHERE p.state = 'open' GROUP BY p.currency) g ON true
 """
 _MARK = "SELECT swept_to FROM hold_expiry_mark"
-_PAGE_ROWS = 10_000
+# a page of 1,000 holds is ~1 ms of one core (10,000: ~8 ms, in which the hot path had one core
+# less: benchmarks/README.md, "Session 21"); the count's total cost is the same either way
+_PAGE_ROWS = 1_000
+_DUTY = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +61,7 @@ async def read_stats(db: Executor) -> LedgerStats:
                        int(row["quarantined"]), float(row["oldest_due_s"]))
 
 
-async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float = 0.5
+async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float = _DUTY
                           ) -> dict[str, tuple[int, int]]:
     """currency -> (open holds, amount they hold in minor units).
 
@@ -67,7 +70,9 @@ async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float
     while a sweep ran: it walked every hold the pass had already expired (benchmarks/README.md,
     "Session 6"; not measured for this count on its own). So the holds are read in pages of
     ``page_rows`` (in expiry order, from the sweep's mark), each its own short statement,
-    resting after each in proportion to its time (``duty``, as the sweep does). Each
+    resting after each in proportion to its time (``duty``, as the sweep does): short pages,
+    because while one runs it has a core the hot path would otherwise have (pages of 10,000
+    put the slowest 1 % of a minute's authorisations in the second the count ran). Each
     page sees the ledger as of its own statement, so a hold that changes while the count runs
     is counted as it was or as it is, and one whose expiry an incremental authorisation extends
     past the pages not yet read may be counted twice: the figures are a gauge's, not a
