@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from holds.db import Executor
 
-__all__ = ["LedgerStats", "read_open_holds", "read_stats"]
+__all__ = ["DUTY", "PAGE_ROWS", "LedgerStats", "read_open_holds", "read_stats"]
 
 _QUERY = """
 SELECT
@@ -41,8 +41,8 @@ SELECT g.currency, g.n, g.total, l.expires_at, l.id, l.rows
 _MARK = "SELECT swept_to FROM hold_expiry_mark"
 # a page of 1,000 holds is ~1 ms of one core (10,000: ~8 ms, in which the hot path had one core
 # less: benchmarks/README.md, "Session 21"); the count's total cost is the same either way
-_PAGE_ROWS = 1_000
-_DUTY = 0.25
+PAGE_ROWS = 1_000
+DUTY = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ async def read_stats(db: Executor) -> LedgerStats:
                        int(row["quarantined"]), float(row["oldest_due_s"]))
 
 
-async def read_open_holds(db: Executor, page_rows: int = _PAGE_ROWS, duty: float = _DUTY
+async def read_open_holds(db: Executor, page_rows: int = PAGE_ROWS, duty: float = DUTY
                           ) -> dict[str, tuple[int, int]]:
     """currency -> (open holds, amount they hold in minor units).
 
