@@ -27,7 +27,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -101,7 +101,7 @@ class _Run:
     paging: Paging
     round: int
     result: Result
-    counts_s: list[float] = field(default_factory=list)
+    counts_s: list[float]
 
 
 async def _count_beside(url: str, paging: Paging, every_s: float, stop: asyncio.Event,
@@ -138,16 +138,18 @@ async def _measure(args: argparse.Namespace, url: str, prefix: str, secret: str,
         for r in range(1, args.rounds + 1):
             order = args.paging if r % 2 else list(reversed(args.paging))
             for paging in order:
-                run = _Run(paging, r, warm)
+                counts_s: list[float] = []
                 stop = asyncio.Event()
                 load = LoadRun(dataclasses.replace(
                     base, id_prefix=f"{prefix}r{r}.{paging.rows}", seed=r * 100 + paging.rows),
                     tmp)
                 counter = asyncio.create_task(
-                    _count_beside(url, paging, args.every, stop, run.counts_s))
-                run.result = await load.run()
-                stop.set()
-                await counter
+                    _count_beside(url, paging, args.every, stop, counts_s))
+                try:
+                    run = _Run(paging, r, await load.run(), counts_s)
+                finally:
+                    stop.set()
+                    await counter
                 runs.append(run)
                 lat = Latency.of(run.result.latencies_us)
                 print(f"  round {r} {paging.label:<26} p50 {lat.p50:6.2f}  p99 {lat.p99:6.2f}"

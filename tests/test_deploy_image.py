@@ -130,6 +130,7 @@ def test_the_image_builds_its_wheels_under_the_pins() -> None:
     assert wheels and all(re.search(r"(--constraint|-c)[ =]constraints\.txt\b", args)
                           for args in wheels)
 
+
 def test_the_final_stage_runs_the_server_as_a_user_that_is_not_root() -> None:
     final = _stages()[1]
     users = [i for i, (instruction, _) in enumerate(final) if instruction == "USER"]
